@@ -1,0 +1,35 @@
+"""Evaluation tasks and verifiable rewards (GSM8K, MATH / MATH-500, IFEval).
+
+    task = get_task("gsm8k")
+    samples = task.load()                       # ../shared/data/gsm8k/test.jsonl by default
+    prompt = render_prompt(tokenizer, samples[0])
+    scores = [task.score(s, output) for s, output in zip(samples, outputs)]
+    metrics = task.aggregate(scores, samples)   # metrics[task.primary_metric]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from posttrain.tasks.base import GenerationConfig, Sample, Task, render_prompt
+from posttrain.tasks.gsm8k import GSM8KTask
+from posttrain.tasks.ifeval import IFEvalTask
+from posttrain.tasks.minerva_math import MathTask
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "gsm8k": GSM8KTask,
+    "math500": lambda **kw: MathTask(name="math500", **kw),
+    "math": lambda **kw: MathTask(name="math", **kw),
+    "ifeval": IFEvalTask,
+}
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """A task by registry name (`gsm8k`, `math500`, `math`, `ifeval`); options go to its dataclass."""
+    key = name.strip().lower()
+    if key not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+    return TASKS[key](**options)
+
+
+__all__ = ["GenerationConfig", "Sample", "Task", "TASKS", "get_task", "render_prompt"]

@@ -1,0 +1,339 @@
+"""A lean forward pass for Llama-family HF models (Llama, Mistral, Qwen2, Qwen3) with a slot KV cache.
+
+It reads the HF module's weights (no conversion, no copy unless `fuse_weights`) and runs plain
+torch ops: fused QKV and gate/up projections, one preallocated KV cache of [slots, kv_heads,
+max_len, head_dim] per layer, grouped-query attention without repeat_kv copies (the G query heads
+that share a KV head are folded into SDPA's query-length axis), logits for the last prompt
+position only, and on CUDA one captured graph per (batch bucket, key-length bucket) for decode.
+
+Slots: row r of the cache holds one sequence from position 0; `lengths[r]` tokens are cached.
+Active sequences always occupy rows 0..A-1 (the engine compacts rows when sequences finish), so a
+decode step works on a contiguous prefix and a CUDA graph for bucket b >= A covers it; rows A..b-1
+are free and whatever the graph writes there is overwritten by the next prefill into that row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
+
+
+def fast_path_unsupported_reason(model) -> str | None:
+    """None if `FastLlama` can run this model, else why not (the engine then uses the HF path)."""
+    cfg = getattr(model, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {mtype!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        return "model has no .model.layers / .lm_head"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r} (only silu)"
+    rope_type = getattr(getattr(inner, "rotary_emb", None), "rope_type", None)
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope_type {rope_type!r} (dynamic or unknown)"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", mtype == "mistral"):
+        return "sliding-window attention"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "layer_types other than full_attention"
+    return None
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # HF normalises in float32, casts back, then scales by the weight in the model dtype
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype) * weight
+
+
+def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """HF's rotate-half RoPE; cos/sin broadcast against x [..., D]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@dataclass
+class LayerWeights:
+    ln_in: Tensor
+    ln_post: Tensor
+    qkv: list[Tensor]  # [fused] or [q, k, v]
+    qkv_bias: list[Tensor | None]
+    o: Tensor
+    o_bias: Tensor | None
+    gate_up: list[Tensor]  # [fused] or [gate, up]
+    down: Tensor
+    q_norm: Tensor | None  # Qwen3 per-head RMSNorm on q and k
+    k_norm: Tensor | None
+
+
+def _bias(linear) -> Tensor | None:
+    return getattr(linear, "bias", None)
+
+
+class FastLlama:
+    """Prefill/decode over a slot KV cache for one HF Llama-family model (see module docstring)."""
+
+    supports_refill = True
+
+    def __init__(self, model, fuse_weights: bool = True, cuda_graphs: bool | None = None):
+        reason = fast_path_unsupported_reason(model)
+        if reason:
+            raise ValueError(f"FastLlama cannot run this model: {reason}")
+        cfg = model.config
+        self.model = model
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+        self.group = self.num_heads // self.num_kv
+        self.eps = cfg.rms_norm_eps
+        self.max_positions = getattr(cfg, "max_position_embeddings", None) or 1 << 30
+        attn0 = model.model.layers[0].self_attn
+        self.scaling = float(getattr(attn0, "scaling", self.head_dim ** -0.5))
+        self.fuse = fuse_weights
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        self.layers: list[LayerWeights] = []
+        self._sources: list[tuple[Tensor, int, int]] = []  # (param, data_ptr, version) at last build
+        self.k_cache: list[Tensor] = []
+        self.v_cache: list[Tensor] = []
+        self.num_slots = 0
+        self.max_len = 0
+        self.lengths: list[int] = []
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self._pool = None
+        self.refresh_weights()
+
+    # -- weights -----------------------------------------------------------------------------
+
+    def _params(self) -> list[Tensor]:
+        return [t for t in self.model.parameters()]
+
+    def weights_changed(self) -> bool:
+        return any(t.data_ptr() != ptr or t._version != ver for t, ptr, ver in self._sources)
+
+    def refresh_weights(self, force: bool = False) -> None:
+        """(Re)build the fused weights if any model parameter changed since the last build.
+
+        The trainer updates parameters in place between rollouts; in-place updates bump a
+        tensor's version counter, which is what this checks. Fused tensors are refilled in
+        place so captured CUDA graphs stay valid; a moved parameter drops the graphs.
+        """
+        if self.layers and not force and not self.weights_changed():
+            return
+        moved = any(t.data_ptr() != ptr for t, ptr, _ in self._sources)
+        m = self.model.model
+        new_layers = []
+        with torch.no_grad():
+            for i, layer in enumerate(m.layers):
+                a, mlp = layer.self_attn, layer.mlp
+                qkv = [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]
+                biases = [_bias(a.q_proj), _bias(a.k_proj), _bias(a.v_proj)]
+                gate_up = [mlp.gate_proj.weight, mlp.up_proj.weight]
+                if self.fuse:
+                    if any(b is not None for b in biases):
+                        biases = [torch.cat([b if b is not None else w.new_zeros(w.shape[0])
+                                             for b, w in zip(biases, qkv)])]
+                    else:
+                        biases = [None]
+                    qkv, gate_up = [torch.cat(qkv)], [torch.cat(gate_up)]
+                    if self.layers and not moved:  # keep addresses stable for captured graphs
+                        old = self.layers[i]
+                        old.qkv[0].copy_(qkv[0])
+                        old.gate_up[0].copy_(gate_up[0])
+                        if old.qkv_bias[0] is not None:
+                            old.qkv_bias[0].copy_(biases[0])
+                        qkv, gate_up, biases = old.qkv, old.gate_up, old.qkv_bias
+                new_layers.append(LayerWeights(
+                    ln_in=layer.input_layernorm.weight, ln_post=layer.post_attention_layernorm.weight,
+                    qkv=qkv, qkv_bias=biases, o=a.o_proj.weight, o_bias=_bias(a.o_proj),
+                    gate_up=gate_up, down=mlp.down_proj.weight,
+                    q_norm=a.q_norm.weight if hasattr(a, "q_norm") else None,
+                    k_norm=a.k_norm.weight if hasattr(a, "k_norm") else None,
+                ))
+        self.layers = new_layers
+        self.embed = m.embed_tokens.weight
+        self.final_norm = m.norm.weight
+        self.lm_head = self.model.lm_head.weight
+        self.lm_head_bias = _bias(self.model.lm_head)
+        self._sources = [(t, t.data_ptr(), t._version) for t in self._params()]
+        if moved:
+            self._graphs.clear()
+
+    # -- cache -------------------------------------------------------------------------------
+
+    def allocate(self, num_slots: int, max_len: int) -> None:
+        """Make room for `num_slots` sequences of up to `max_len` tokens (keeps a larger cache)."""
+        if max_len > self.max_positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {self.max_positions}")
+        if num_slots <= self.num_slots and max_len <= self.max_len:
+            self.lengths = [0] * self.num_slots
+            return
+        num_slots, max_len = max(num_slots, self.num_slots), max(max_len, self.max_len)
+        # round up so that a slightly longer next call reuses the cache and its graphs
+        max_len = min(self.max_positions, -(-max_len // 64) * 64)
+        self.k_cache = self.v_cache = []  # free the old cache before allocating the new one
+        self._graphs.clear()
+        shape = (num_slots, self.num_kv, max_len, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.num_slots, self.max_len = num_slots, max_len
+        self.lengths = [0] * num_slots
+        self._tok = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self._pos = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            pos = torch.arange(max_len, device=self.device)[None]
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = self.model.model.rotary_emb(probe, pos)
+        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [max_len, D]
+
+    def select(self, order: list[int]) -> None:
+        """Keep rows `order` as the new rows 0..len(order)-1 (compaction after finishes)."""
+        moves = [(dst, src) for dst, src in enumerate(order) if dst != src]
+        if moves:
+            if all(src >= len(order) for _, src in moves):  # fill-from-the-tail: no overlap
+                dst = torch.tensor([d for d, _ in moves], device=self.device)
+                src = torch.tensor([s for _, s in moves], device=self.device)
+                for kc, vc in zip(self.k_cache, self.v_cache):
+                    kc.index_copy_(0, dst, kc.index_select(0, src))
+                    vc.index_copy_(0, dst, vc.index_select(0, src))
+            else:
+                idx = torch.tensor(order, device=self.device)
+                for kc, vc in zip(self.k_cache, self.v_cache):
+                    kc[: len(order)] = kc.index_select(0, idx)
+                    vc[: len(order)] = vc.index_select(0, idx)
+        self.lengths = [self.lengths[i] for i in order] + [0] * (self.num_slots - len(order))
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def _qkv(self, w: LayerWeights, h: Tensor) -> Tensor:
+        if len(w.qkv) == 1:
+            return F.linear(h, w.qkv[0], w.qkv_bias[0])
+        return torch.cat([F.linear(h, wt, b) for wt, b in zip(w.qkv, w.qkv_bias)], dim=-1)
+
+    def _mlp(self, w: LayerWeights, h: Tensor) -> Tensor:
+        if len(w.gate_up) == 1:
+            gate, up = F.linear(h, w.gate_up[0]).chunk(2, dim=-1)
+        else:
+            gate, up = F.linear(h, w.gate_up[0]), F.linear(h, w.gate_up[1])
+        return F.linear(F.silu(gate) * up, w.down)
+
+    def _split_heads(self, w: LayerWeights, qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[..., (H + 2K) * D] -> q [..., H, D], k [..., K, D], v [..., K, D] with RoPE applied."""
+        H, K, D = self.num_heads, self.num_kv, self.head_dim
+        heads = qkv.view(*qkv.shape[:-1], H + 2 * K, D)
+        qk, v = heads[..., : H + K, :], heads[..., H + K:, :]
+        if w.q_norm is not None:
+            qk = torch.cat((rms_norm(qk[..., :H, :], w.q_norm, self.eps),
+                            rms_norm(qk[..., H:, :], w.k_norm, self.eps)), dim=-2)
+        qk = rope(qk, cos, sin)
+        return qk[..., :H, :], qk[..., H:, :], v
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return F.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head, self.lm_head_bias)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], slots: list[int], sources: list[int]) -> Tensor:
+        """Run `prompts` from position 0; write prompt `sources[i]`'s KV into row `slots[i]`.
+
+        Returns the last-position logits per slot, [len(slots), V]. Prompts are right-padded;
+        causal masking alone keeps padding out of every real position.
+        """
+        n, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(n, T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+        ids = ids.to(self.device)
+        cos, sin = self.cos[:T, None, :], self.sin[:T, None, :]
+        slot_t = torch.tensor(slots, device=self.device)
+        src_t = torch.tensor(sources, device=self.device)
+        x = F.embedding(ids, self.embed)
+        for li, w in enumerate(self.layers):
+            h = rms_norm(x, w.ln_in, self.eps)
+            q, k, v = self._split_heads(w, self._qkv(w, h), cos, sin)  # [n, T, *, D]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            self.k_cache[li][slot_t, :, :T] = k.index_select(0, src_t)
+            self.v_cache[li][slot_t, :, :T] = v.index_select(0, src_t)
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling,
+                                                  enable_gqa=self.group > 1)
+            x = x + F.linear(attn.transpose(1, 2).reshape(n, T, -1), w.o, w.o_bias)
+            x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        logits = self._logits(x[torch.arange(n, device=self.device), last])
+        for s, src in zip(slots, sources):
+            self.lengths[s] = len(prompts[src])
+        return logits.index_select(0, src_t)
+
+    def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int) -> Tensor:
+        """One token per row for rows 0..b-1 at positions `pos`; attends to keys [0, kv_len)."""
+        b = tok.shape[0]
+        rows = torch.arange(b, device=tok.device)
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        mask = (torch.arange(kv_len, device=tok.device)[None, :] <= pos[:, None])[:, None, None, :]
+        x = F.embedding(tok, self.embed)
+        for li, w in enumerate(self.layers):
+            h = rms_norm(x, w.ln_in, self.eps)
+            q, k, v = self._split_heads(w, self._qkv(w, h), cos, sin)  # [b, *, D]
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            kc[rows, :, pos] = k
+            vc[rows, :, pos] = v
+            # fold the G query heads of each KV head into the query axis: no repeat_kv copy
+            q = q.reshape(b, self.num_kv, self.group, self.head_dim)
+            attn = F.scaled_dot_product_attention(q, kc[:b, :, :kv_len], vc[:b, :, :kv_len],
+                                                  attn_mask=mask, scale=self.scaling)
+            x = x + F.linear(attn.reshape(b, -1), w.o, w.o_bias)
+            x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
+        return self._logits(x)
+
+    def _bucket(self, active: int, kv_len: int) -> tuple[int, int]:
+        b = 1
+        while b < active:
+            b *= 2
+        k = 128
+        while k < kv_len:
+            k *= 2
+        return min(b, self.num_slots), min(k, self.max_len)
+
+    @torch.inference_mode()
+    def decode(self, tokens: Tensor, active: int) -> Tensor:
+        """Feed tokens [active] to rows 0..active-1; returns logits [active, V]."""
+        assert tokens.shape[0] == active <= self.num_slots
+        pos = self.lengths[:active]
+        kv_len = max(pos) + 1
+        assert kv_len <= self.max_len, "engine must stop sequences before the cache is full"
+        self._pos[:active].copy_(torch.tensor(pos), non_blocking=True)
+        self._tok[:active].copy_(tokens)
+        for i in range(active):
+            self.lengths[i] += 1
+        if not self.cuda_graphs:
+            return self._decode_step(self._tok[:active], self._pos[:active], kv_len)
+        key = self._bucket(active, kv_len)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(*key)
+        graph, out = self._graphs[key]
+        graph.replay()
+        return out[:active]
+
+    def _capture(self, b: int, kv_len: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        # Warm-up on a side stream (cuBLAS handles, SDPA kernel choice), then capture. The
+        # warm-up rewrites rows 0..b-1 at their current positions with the same inputs the
+        # replay uses, so it is harmless to live rows.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._decode_step(self._tok[:b], self._pos[:b], kv_len)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self._decode_step(self._tok[:b], self._pos[:b], kv_len)
+        self._pool = graph.pool()
+        return graph, out

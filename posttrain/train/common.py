@@ -1,0 +1,129 @@
+"""Config sections and run set-up shared by every training recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from posttrain.config import dump_config, field
+from posttrain.train.dist import DistInfo, print0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name_or_path: str = field("smollm2-135m", "HF directory, hub id, or embedded model name")
+    chat_template: str = field("model", "'model' (the tokenizer's own), 'tulu', or a Jinja template")
+    dtype: Literal["auto", "float32", "bfloat16"] = field("auto", "auto = fp32 on CPU, bf16 on CUDA")
+    gradient_checkpointing: bool = field(False, "recompute activations in backward to save memory")
+    attn_implementation: str = field("sdpa", "HF attention implementation (sdpa, eager, flash_attention_2)")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = field(5e-6, "peak learning rate")
+    weight_decay: float = field(0.0, "AdamW weight decay (not applied to biases and norms)")
+    beta1: float = field(0.9, "AdamW beta1")
+    beta2: float = field(0.999, "AdamW beta2")
+    eps: float = field(1e-8, "AdamW epsilon")
+    schedule: Literal["constant", "linear", "cosine"] = field("linear", "lr decay after warmup")
+    warmup_ratio: float = field(0.03, "fraction of total steps spent warming up linearly")
+    min_lr_ratio: float = field(0.0, "final lr as a fraction of the peak (linear/cosine)")
+    max_grad_norm: float = field(1.0, "gradient clipping norm; <= 0 disables clipping")
+
+    def validate(self):
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: int = field(0, "save a resumable checkpoint every N optimizer steps (0 = only at the end)")
+    keep_last: int = field(2, "how many step checkpoints to keep")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    output_dir: str = field("runs/sft", "run directory: config, metrics, checkpoints, final model")
+    resume: bool = field(False, "continue from the latest checkpoint in output_dir")
+    seed: int = field(42, "seed for data order and initialisation")
+    device: str = field("auto", "auto, cpu, cuda")
+    tensorboard: bool = field(False, "also write TensorBoard event files")
+    progress: bool = field(True, "show a progress bar")
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[choice]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(cfg, run: RunConfig, info: DistInfo, stage: str) -> Path:
+    """Create the run directory, refuse to overwrite a finished or existing run unless resuming,
+    and save + print the resolved config."""
+    out = Path(run.output_dir)
+    if info.is_main:
+        if out.exists() and any(out.iterdir()) and not run.resume:
+            if (out / "checkpoints").exists() or (out / "final").exists():
+                raise ValueError(f"{out} already holds a run; pass run.resume=true to continue it "
+                                 f"or choose another run.output_dir")
+        out.mkdir(parents=True, exist_ok=True)
+        text = dump_config(cfg, out / "config.yaml")
+        print0(f"[posttrain {stage}] resolved config (saved to {out / 'config.yaml'}):\n{text}", info=info)
+    return out
+
+
+def config_text(cfg) -> str:
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+class Timer:
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        return dt
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def load_for_training(mcfg: ModelConfig, info: DistInfo, dtype: torch.dtype, init_from: str | None = None):
+    """Load the policy model for training: dtype, attention, checkpointing, device."""
+    from posttrain.models import load_model
+
+    model = load_model(init_from or mcfg.name_or_path, dtype=dtype, attn_implementation=mcfg.attn_implementation)
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model.to(info.device)

@@ -1,0 +1,73 @@
+"""Per-step metrics: `metrics.jsonl` in the run directory, a progress bar, optional TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
+                 tensorboard: bool = False, desc: str = "train"):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.start = time.time()
+        self.bar = None
+        self.tb = None
+        if not enabled:
+            return
+        if start_step:
+            self._truncate_after(start_step)
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, mininterval=1.0)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint so the file holds one curve."""
+        if not self.path.is_file():
+            return
+        rows = [r for r in self.path.read_text().splitlines() if r.strip()]
+        keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
+        self.path.write_text("".join(r + "\n" for r in keep))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, step)
+        if self.bar is not None:
+            self.bar.update(1)
+            short = {k: row[k] for k in ("loss", "lr", "tokens_per_s") if k in row}
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in short.items()})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _clean(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,57 @@
+"""Data parallelism applied from outside the model: FSDP2 (`fully_shard`) under torchrun.
+
+With one process every function here is the identity, so recipes have one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from posttrain.train.dist import DistInfo
+
+
+def _blocks(model) -> list[torch.nn.Module]:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"don't know how to shard {type(model).__name__}: no model.layers")
+    return list(layers)
+
+
+def parallelize(model: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None,
+                reduce_dtype: torch.dtype | None = torch.float32) -> torch.nn.Module:
+    """Shard each transformer block, then the root (embeddings, final norm, head) with FSDP2."""
+    if not info.distributed:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for block in _blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def model_state_dict(model: torch.nn.Module, info: DistInfo) -> dict | None:
+    """Full (unsharded) state dict on rank 0 for saving; None means 'use the model as is'.
+
+    Collective under FSDP: every rank must call it.
+    """
+    if not info.distributed:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+@contextlib.contextmanager
+def sync_grads_context(model: torch.nn.Module, last: bool):
+    """Skip the gradient reduce-scatter on all but the last micro-batch of a step."""
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is not None:
+        setter(last)
+    yield
