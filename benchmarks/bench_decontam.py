@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import resource
@@ -94,6 +95,12 @@ def write_prompts(path: Path, n: int, data: Path, n_planted: int, seed: int) -> 
     return [(row, *plants[row][:3]) for row in planted_rows]
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (the worker pools)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
 def _rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
@@ -118,31 +125,34 @@ def main(argv: list[str] | None = None) -> int:
           f"in {time.perf_counter() - t0:.1f} s")
 
     planted_rows = {row for row, *_ in planted}
+    load0 = os.getloadavg()[0]
     rows = []
     for w in args.workers.split(","):
         workers = None if w == "auto" else int(w)
+        cpu0 = _cpu_seconds()
         t = time.perf_counter()
         report = decontaminate({"synthetic": str(path)}, default_eval_sets(data), out_dir=Path(tmp.name) / f"out_{w}",
                                workers=workers, mask_numbers=args.mask_numbers)
         wall = time.perf_counter() - t
-        rows.append((w, wall, report))
+        rows.append((w, wall, _cpu_seconds() - cpu0, report))
     print(f"\npeak RSS: main process {_rss_mb(resource.RUSAGE_SELF):.0f} MiB, "
           f"largest worker {_rss_mb(resource.RUSAGE_CHILDREN):.0f} MiB")
-    print("\n| workers | rows | prompts | wall s | prompts/s | planted found | other rows removed | speed vs first |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for w, wall, report in rows:
+    print(f"load average before/after: {load0:.1f} / {os.getloadavg()[0]:.1f} (other jobs share the CPUs)")
+    print("\n| workers | rows | prompts | wall s | CPU s | prompts/s | planted found | other rows removed | speed vs first |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for w, wall, cpu, report in rows:
         ds = report.datasets[0]
         removed = set(report.removed_rows["synthetic"])
         flagged = {(m.eval_set, m.eval_index) for m in report.matches}
         found = [row in removed and (name, idx) in flagged for row, name, idx, _ in planted]
-        print(f"| {w} | {ds.n_rows:,} | {ds.n_prompts:,} | {wall:.1f} | {ds.n_prompts / wall:,.0f} | "
+        print(f"| {w} | {ds.n_rows:,} | {ds.n_prompts:,} | {wall:.1f} | {cpu:.1f} | {ds.n_prompts / wall:,.0f} | "
               f"{sum(found)}/{len(planted)} | {len(removed - planted_rows)} | {rows[0][1] / wall:.2f}x |")
     print("\n| planted edit | found |\n|---|---:|")
     for kind in sorted({k for *_, k in planted}):
         hits = [f for f, (*_, k) in zip(found, planted) if k == kind]
         print(f"| {kind} | {sum(hits)}/{len(hits)} |")
     print()
-    print(rows[-1][2].to_markdown())
+    print(rows[-1][3].to_markdown())
     tmp.cleanup()
     return 0
 

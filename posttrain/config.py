@@ -136,10 +136,20 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     if missing:
         raise ConfigError(f"missing required config key '{prefix}{missing[0]}'")
     obj = cls(**kwargs)
+    if not prefix:
+        _validate_tree(obj)
+    return obj
+
+
+def _validate_tree(obj) -> None:
+    """Run every section's `validate()`, defaults included, innermost first."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
-    return obj
 
 
 def to_dict(obj) -> dict:

@@ -66,8 +66,8 @@ def detect_format(rec: dict) -> str:
         return "sharegpt"
     if "prompt" in rec and "completion" in rec:
         return "prompt_completion"
-    raise DataError(f"cannot tell the conversation format from fields {sorted(rec)}; "
-                    f"expected 'messages', 'conversations' or 'prompt'+'completion'")
+    raise DataError(f"missing field 'messages' (or 'conversations', or 'prompt'+'completion'); "
+                    f"fields present: {sorted(rec)}")
 
 
 CONVERTERS: dict[str, Callable[[dict], list[dict]]] = {

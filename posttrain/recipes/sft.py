@@ -90,6 +90,26 @@ def step_indices(n: int, batch_size: int, step: int, steps_per_epoch: int, seed:
     return perm[k * batch_size:(k + 1) * batch_size]
 
 
+def accumulate_gradients(model, batches: list, n_micro: int, scale: float, device) -> float:
+    """Forward/backward every packed micro-batch of one optimizer step; returns the summed NLL.
+
+    Each micro-batch contributes (its summed token NLL) * scale, where scale = world_size / the
+    step's normaliser, so the accumulated gradient is that of (global NLL sum / normaliser).
+    """
+    nll_sum = 0.0
+    for m in range(n_micro):
+        with sync_grads_context(model, last=(m == n_micro - 1)):
+            if m >= len(batches):  # padding pass: ranks with fewer micro-batches still join collectives
+                out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+                (out.logits.sum() * 0.0).backward()
+                continue
+            batch = batches[m].to(device)
+            nll = token_nll_sum(packed_forward(model, batch).logits, batch.targets)
+            (nll * scale).backward()
+            nll_sum += nll.item()
+    return nll_sum
+
+
 def main(cfg: SFTConfig) -> Path:
     info = init_distributed(cfg.run.device)
     log = lambda msg: print0(msg, info=info)  # noqa: E731
@@ -141,19 +161,7 @@ def main(cfg: SFTConfig) -> Path:
         # Data-parallel gradient reduction averages over ranks; scaling by world size makes the
         # result the global sum divided by the normalizer.
         scale = info.world_size / max(normalizer, 1)
-        nll_sum = 0.0
-        for m in range(n_micro):
-            batch = batches[m] if m < len(batches) else None
-            with sync_grads_context(model, last=(m == n_micro - 1)):
-                if batch is None:  # padding pass for ranks with fewer micro-batches
-                    out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=info.device), use_cache=False)
-                    (out.logits.sum() * 0.0).backward()
-                    continue
-                batch = batch.to(info.device)
-                logits = packed_forward(model, batch).logits
-                nll = token_nll_sum(logits, batch.targets)
-                (nll * scale).backward()
-                nll_sum += nll.item()
+        nll_sum = accumulate_gradients(model, batches, n_micro, scale, info.device)
         if cfg.optim.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         else:

@@ -52,11 +52,10 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype) * weight
 
 
-def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """HF's rotate-half RoPE; cos/sin broadcast against x [..., D]."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """HF's rotate-half RoPE, x*cos + cat(-x2, x1)*sin, as x*cos + roll(x, D/2)*cat(-sin1, sin2):
+    three kernels instead of five. cos/signed_sin broadcast against x [..., D]."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 @dataclass
@@ -194,7 +193,10 @@ class FastLlama:
             pos = torch.arange(max_len, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = self.model.model.rotary_emb(probe, pos)
-        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [max_len, D]
+        half = self.head_dim // 2
+        sin = sin[0].clone()
+        sin[:, :half] = -sin[:, :half]
+        self.cos, self.sin = cos[0], sin  # [max_len, D]; sin with its first half negated
 
     def select(self, order: list[int]) -> None:
         """Keep rows `order` as the new rows 0..len(order)-1 (compaction after finishes)."""

@@ -75,12 +75,22 @@ def mix64(x: Tensor) -> Tensor:
     return x ^ _shr(x, 31)
 
 
+def _mix64_int(x: int) -> int:
+    """`mix64` on a Python int (unsigned 64-bit in, signed 64-bit out), for host-side keys."""
+    m = (1 << 64) - 1
+    x &= m
+    x = ((x ^ (x >> 30)) * (_M1 & m)) & m
+    x = ((x ^ (x >> 27)) * (_M2 & m)) & m
+    x ^= x >> 31
+    return x - (1 << 64) if x >> 63 else x
+
+
 def sequence_key(seed: int, prompt_index: int, sample_index: int) -> int:
     """The int64 key that names one sequence's random stream."""
-    x = torch.tensor([seed & ((1 << 63) - 1)], dtype=torch.int64)
+    x = seed
     for part in (prompt_index, sample_index):
-        x = mix64(x * _GOLDEN + part)
-    return int(x.item())
+        x = _mix64_int(x * _GOLDEN + part)
+    return x
 
 
 def uniform_noise(keys: Tensor, steps: Tensor, vocab_size: int) -> Tensor:
