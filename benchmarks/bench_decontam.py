@@ -119,10 +119,16 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_decontam_")
     path = Path(args.keep) if args.keep else Path(tmp.name) / "train.jsonl"
+    sidecar = path.with_name(path.name + ".planted.json")
     t0 = time.perf_counter()
-    planted = write_prompts(path, args.n, data, args.planted, args.seed)
-    print(f"generated {args.n} rows ({path.stat().st_size / 2**20:.0f} MiB, {len(planted)} planted) "
-          f"in {time.perf_counter() - t0:.1f} s")
+    if args.keep and path.is_file() and sidecar.is_file():
+        planted = [tuple(p) for p in json.loads(sidecar.read_text())]
+        print(f"reusing {path} ({path.stat().st_size / 2**20:.0f} MiB, {len(planted)} planted)")
+    else:
+        planted = write_prompts(path, args.n, data, args.planted, args.seed)
+        sidecar.write_text(json.dumps(planted))
+        print(f"generated {args.n} rows ({path.stat().st_size / 2**20:.0f} MiB, {len(planted)} planted) "
+              f"in {time.perf_counter() - t0:.1f} s")
 
     planted_rows = {row for row, *_ in planted}
     load0 = os.getloadavg()[0]

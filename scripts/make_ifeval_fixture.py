@@ -4,7 +4,7 @@ Greedy responses of the embedded SmolLM2-135M-Instruct to all 541 IFEval prompts
 tests/fixtures/ifeval/smollm2_responses.jsonl as {"key", "response"} lines. The agreement test
 scores them with our checkers and with lm-eval's reference implementation.
 
-    python scripts/make_ifeval_fixture.py            # ~10 min on 2 CPU cores
+    python scripts/make_ifeval_fixture.py            # seconds on a GPU, an hour+ on 2 busy CPU cores
     python scripts/make_ifeval_fixture.py --limit 8 --out /tmp/x.jsonl
 """
 
@@ -25,7 +25,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ifev
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     out = model.generate(
         **batch,
         do_sample=False,
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--force", action="store_true", help="overwrite an existing fixture")
     args = parser.parse_args()
     if args.out.exists() and not args.force:
@@ -52,7 +53,7 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = load_tokenizer(args.model)
     tokenizer.padding_side = "left"
-    model = load_model(args.model).eval()
+    model = load_model(args.model, dtype=torch.float32, device=args.device).eval()
     samples = get_task("ifeval").load(args.data, limit=args.limit)
     prompts = [render_prompt(tokenizer, s) for s in samples]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths per batch

@@ -6,12 +6,12 @@ flags more than `dataset_threshold` of the instances of any eval set. Filtering 
 rows that have such a match.
 
 Design (see docs/DECONTAM.md): the eval side is small (a few thousand prompts), so it is indexed in
-process as a dict from n-gram (a tuple of token strings) to its (eval instance, start) postings.
-Training prompts are streamed; each is tokenized with C-level string ops and its n-grams are tested
-against the index with `isdisjoint`, so the ~99.9% of prompts that share nothing cost one pass. Only
-prompts that hit compute exact coverage: the set of covered test-token positions per eval instance.
-Large JSONL files are scanned by byte ranges in worker processes; nothing leaves a worker but the
-matches.
+process as a dict from n-gram (a tuple of token bytes) to its (eval instance, start) postings.
+Training prompts are streamed a chunk at a time: tokenized with C-level bytes ops, then their n-gram
+hashes are checked against the eval hashes in numpy, so the ~99% of prompts that share nothing
+never reach Python-level n-gram code. The rest get exact coverage: the set of covered test-token
+positions per (eval instance, prompt). Large JSONL files are scanned by byte ranges in worker
+processes; nothing leaves a worker but the matches.
 """
 
 from __future__ import annotations
@@ -53,10 +53,9 @@ _DELIMITERS = ',.?!:;()"-\\'
 # Exactly the characters str.split() treats as whitespace (a test checks the list).
 UNICODE_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
                       "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-_NON_ASCII_FOLD = str.maketrans(
-    {**{c: " " for c in UNICODE_WHITESPACE if not c.isascii()},
-     "\u2018": "'", "\u2019": "'", "\u201c": " ", "\u201d": " ", "\u2013": " ", "\u2014": " "}
-)
+# Non-ASCII folding uses regexes: str.translate with a dict is ~5x slower on non-ASCII text.
+_TO_QUOTE = re.compile("[\u2018\u2019]")
+_TO_SPACE = re.compile("[" + "".join(c for c in UNICODE_WHITESPACE if not c.isascii()) + "\u201c\u201d\u2013\u2014]")
 _SPLIT_BYTES = {ord(c) for c in _DELIMITERS + UNICODE_WHITESPACE if c.isascii()}
 _BYTE_TABLE = bytes(32 if i in _SPLIT_BYTES else i for i in range(256))
 _DIGITS = re.compile(r"\d+")
@@ -74,7 +73,7 @@ def tokenize(text: str, mask_numbers: bool = False) -> list[bytes]:
         text = _DIGITS.sub("0", text)
     text = text.lower()
     if not text.isascii():
-        text = text.translate(_NON_ASCII_FOLD)
+        text = _TO_SPACE.sub(" ", _TO_QUOTE.sub("'", text))
     return text.encode("utf-8", "surrogatepass").translate(_BYTE_TABLE).split()
 
 
@@ -215,12 +214,16 @@ _USER_ROLES = ("user", "human")
 
 def _user_turns(turns: list, where: str) -> list[str]:
     out = []
-    for t in turns:
+    for t in turns:  # hot loop: plain lookups, no eager fallback arguments
         if not isinstance(t, dict):
             raise ValueError(f"{where}: expected a list of message objects")
-        role = t.get("role", t.get("from"))
+        role = t.get("role")
+        if role is None:
+            role = t.get("from")
         if role in _USER_ROLES:
-            content = t.get("content", t.get("value"))
+            content = t.get("content")
+            if content is None:
+                content = t.get("value")
             if isinstance(content, str):
                 out.append(content)
     return out

@@ -102,6 +102,7 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
+        os.chmod(tmp, 0o644)  # mkstemp files are private; data outputs are meant to be read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -116,4 +117,5 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, ensure_ascii=False)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)

@@ -39,6 +39,16 @@ class Completion:
 
 
 @dataclass
+class _Step:
+    """A sampled decode step whose results may still be on their way to the host."""
+
+    seqs: list["_Seq"]
+    tokens: Tensor  # [B] on the device
+    host: Tensor  # [1 or 2, B] float32: tokens (and log-probs), on the CPU once `event` is done
+    event: "torch.cuda.Event | None"
+
+
+@dataclass
 class GenerationStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -194,35 +204,63 @@ class Engine:
         active: list[_Seq] = []
         next_tokens: Tensor | None = None  # [len(active)] on device: the next input per row
         rows: RowSettings | None = None
+        inflight: _Step | None = None
+        # On CUDA one decode step stays in flight: step t+1 is launched from step t's tokens (still
+        # on the device) before the host reads step t's tokens, so host bookkeeping overlaps GPU
+        # work. A sequence that ended at step t then runs one wasted row-step, whose token is
+        # dropped. On CPU nothing overlaps, so steps are collected at once.
+        overlap = self.device.type == "cuda"
         refill_at = 1 if self.device.type == "cpu" else max(1, num_slots // 8)
         while waiting or active:
             free = num_slots - len(active)
             can_refill = self.backend.supports_refill or not active
             if waiting and can_refill and (free >= refill_at or len(waiting) <= free or not active):
-                admitted = self._admit(waiting, active, free)
+                if inflight is not None:  # settle finishes first: they free rows
+                    self._collect(inflight)
+                    inflight = None
+                    active, next_tokens, rows = self._compact(active, next_tokens, rows)
+                    continue
+                admitted = self._admit(waiting, free)
                 logits = self._prefill(admitted, len(active))
                 active.extend(admitted)
                 rows = self._row_settings(active)
-                new_tokens = self._sample(logits, admitted, rows, offset=len(active) - len(admitted))
-                next_tokens = new_tokens if next_tokens is None else torch.cat([next_tokens, new_tokens])
+                offset = len(active) - len(admitted)
+                step = self._launch(logits, admitted, rows.slice(offset, len(admitted)))
+                rows.steps[offset:] += 1
+                self._collect(step)
+                next_tokens = step.tokens if next_tokens is None else torch.cat([next_tokens, step.tokens])
             else:
                 logits = self.backend.decode(next_tokens, len(active))
                 self.stats.decode_steps += 1
-                next_tokens = self._sample(logits, active, rows, offset=0)
-            order = [r for r, s in enumerate(active) if s.finish is None]
-            if len(order) < len(active):
-                order = _fill_from_tail(order, len(active))
-                self.backend.select(order)
-                active = [active[r] for r in order]
-                if active:
-                    idx = torch.tensor(order, device=self.device)
-                    next_tokens = next_tokens.index_select(0, idx)
-                    rows = self._row_settings(active)
-                else:
-                    next_tokens, rows = None, None
+                step = self._launch(logits, list(active), rows)
+                rows.steps += 1
+                next_tokens = step.tokens
+                if inflight is not None:
+                    self._collect(inflight)
+                inflight = step
+                if not overlap:
+                    self._collect(inflight)
+                    inflight = None
+            active, next_tokens, rows = self._compact(active, next_tokens, rows)
+        if inflight is not None:  # only rows that had already finished: nothing to record
+            self._collect(inflight)
+
+    def _compact(self, active: list[_Seq], next_tokens: Tensor | None, rows: RowSettings | None):
+        """Drop finished rows from the batch, the cache and the per-row tensors."""
+        keep = [r for r, s in enumerate(active) if s.finish is None]
+        if len(keep) == len(active):
+            return active, next_tokens, rows
+        order = _fill_from_tail(keep, len(active))
+        self.backend.select(order)
+        active = [active[r] for r in order]
+        if not active:
+            return active, None, None
+        idx = torch.tensor(order, device=self.device)
+        # select rather than rebuild: `steps` counts an in-flight token the host has not seen yet
+        return active, next_tokens.index_select(0, idx), rows.select(idx)
 
     @staticmethod
-    def _admit(waiting: deque, active: list[_Seq], free: int) -> list[_Seq]:
+    def _admit(waiting: deque, free: int) -> list[_Seq]:
         admitted = []
         while waiting and len(admitted) < free:
             admitted.append(waiting.popleft())
@@ -267,17 +305,30 @@ class Engine:
             keys=torch.tensor([s.key for s in active], device=dev, dtype=torch.long),
             steps=torch.tensor([len(s.tokens) for s in active], device=dev, dtype=torch.long),
             top_k=top_k, top_p=top_p, top_k_max=max(p.top_k for p in ps),
-            all_greedy=all(p.greedy for p in ps),
+            all_greedy=all(p.greedy for p in ps), unit_temperature=all(p.temperature in (0.0, 1.0) for p in ps),
         )
 
-    def _sample(self, logits: Tensor, seqs: list[_Seq], rows: RowSettings, offset: int) -> Tensor:
-        """Sample for `seqs` (rows offset.. of `rows`), record tokens and finishes; return tokens."""
-        sub = rows if offset == 0 and len(seqs) == rows.temperature.shape[0] else rows.slice(offset, len(seqs))
+    def _launch(self, logits: Tensor, seqs: list[_Seq], rows: RowSettings) -> _Step:
+        """Sample the next token of each of `seqs` and start copying the results to the host."""
         want_lp = any(s.params.logprobs for s in seqs)
-        tokens, logprobs = sample_next(logits, sub, want_logprobs=want_lp)
+        tokens, logprobs = sample_next(logits, rows, want_logprobs=want_lp)
         # one device->host transfer per step; token ids < 2**24 are exact in float32
-        host = (torch.stack([tokens.float(), logprobs]) if want_lp else tokens[None].float()).tolist()
-        for r, s in enumerate(seqs):
+        packed = torch.stack([tokens.float(), logprobs]) if want_lp else tokens[None].float()
+        event = None
+        if packed.is_cuda:
+            packed = packed.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        return _Step(seqs=seqs, tokens=tokens, host=packed, event=event)
+
+    def _collect(self, step: _Step) -> None:
+        """Record a launched step's tokens and log-probs on its sequences; mark finishes."""
+        if step.event is not None:
+            step.event.synchronize()
+        host = step.host.tolist()
+        for r, s in enumerate(step.seqs):
+            if s.finish is not None:  # ended at the previous step; this token was speculative
+                continue
             t = int(host[0][r])
             s.tokens.append(t)
             if s.params.logprobs:
@@ -288,8 +339,6 @@ class Engine:
                 s.finish = "stop"
             elif len(s.tokens) >= s.max_new:
                 s.finish = "length"
-        rows.steps[offset: offset + len(seqs)] += 1
-        return tokens
 
     # -- stop strings and text -----------------------------------------------------------------
 

@@ -46,10 +46,13 @@ def fast_path_unsupported_reason(model) -> str | None:
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    # HF normalises in float32, casts back, then scales by the weight in the model dtype
-    if x.dtype == torch.float32:
+    """RMSNorm. On CUDA one fused kernel (F.rms_norm, float32 inside; in bf16 it can differ from
+    HF's normalise-cast-scale order by one rounding); on CPU, where F.rms_norm is a chain of a
+    dozen small ops, the five-op float32 form that HF uses."""
+    if x.is_cuda:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype) * weight
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
@@ -108,6 +111,7 @@ class FastLlama:
         self.num_slots = 0
         self.max_len = 0
         self.lengths: list[int] = []
+        self._pos_synced = False
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self._pool = None
         self.refresh_weights()
@@ -176,6 +180,7 @@ class FastLlama:
             raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {self.max_positions}")
         if num_slots <= self.num_slots and max_len <= self.max_len:
             self.lengths = [0] * self.num_slots
+            self._pos_synced = False
             return
         num_slots, max_len = max(num_slots, self.num_slots), max(max_len, self.max_len)
         # round up so that a slightly longer next call reuses the cache and its graphs
@@ -189,6 +194,7 @@ class FastLlama:
         self.lengths = [0] * num_slots
         self._tok = torch.zeros(num_slots, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self._pos_synced = False
         with torch.no_grad():
             pos = torch.arange(max_len, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -214,6 +220,7 @@ class FastLlama:
                     kc[: len(order)] = kc.index_select(0, idx)
                     vc[: len(order)] = vc.index_select(0, idx)
         self.lengths = [self.lengths[i] for i in order] + [0] * (self.num_slots - len(order))
+        self._pos_synced = False
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -273,6 +280,7 @@ class FastLlama:
         logits = self._logits(x[torch.arange(n, device=self.device), last])
         for s, src in zip(slots, sources):
             self.lengths[s] = len(prompts[src])
+        self._pos_synced = False
         return logits.index_select(0, src_t)
 
     def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int) -> Tensor:
@@ -280,7 +288,10 @@ class FastLlama:
         b = tok.shape[0]
         rows = torch.arange(b, device=tok.device)
         cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
-        mask = (torch.arange(kv_len, device=tok.device)[None, :] <= pos[:, None])[:, None, None, :]
+        # additive mask in the model dtype, built once per step (a bool mask is converted per layer)
+        visible = torch.arange(kv_len, device=tok.device)[None, :] <= pos[:, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=tok.device).masked_fill_(
+            ~visible, float("-inf"))[:, None, None, :]
         x = F.embedding(tok, self.embed)
         for li, w in enumerate(self.layers):
             h = rms_norm(x, w.ln_in, self.eps)
@@ -312,18 +323,23 @@ class FastLlama:
         pos = self.lengths[:active]
         kv_len = max(pos) + 1
         assert kv_len <= self.max_len, "engine must stop sequences before the cache is full"
-        self._pos[:active].copy_(torch.tensor(pos), non_blocking=True)
+        if not self._pos_synced:  # positions live on the device; rewrite them only after changes
+            self._pos[:active].copy_(torch.tensor(pos))
+            self._pos_synced = True
         self._tok[:active].copy_(tokens)
         for i in range(active):
             self.lengths[i] += 1
         if not self.cuda_graphs:
-            return self._decode_step(self._tok[:active], self._pos[:active], kv_len)
-        key = self._bucket(active, kv_len)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(*key)
-        graph, out = self._graphs[key]
-        graph.replay()
-        return out[:active]
+            out = self._decode_step(self._tok[:active], self._pos[:active], kv_len)
+        else:
+            key = self._bucket(active, kv_len)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(*key)
+            graph, out = self._graphs[key]
+            graph.replay()
+            out = out[:active]
+        self._pos[:active] += 1
+        return out
 
     def _capture(self, b: int, kv_len: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         # Warm-up on a side stream (cuBLAS handles, SDPA kernel choice), then capture. The

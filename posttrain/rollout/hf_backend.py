@@ -91,6 +91,8 @@ class HFBackend:
 
 
 def _select_cache_rows(cache, idx: Tensor):
+    if cache is None:  # a model that keeps no cache
+        return None
     if hasattr(cache, "batch_select_indices"):
         cache.batch_select_indices(idx)
         return cache

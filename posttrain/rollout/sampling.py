@@ -139,6 +139,13 @@ class RowSettings:
     top_p: Tensor | None = None
     top_k_max: int = 0  # max of top_k, known on the host: sizes the topk call without a sync
     all_greedy: bool = False
+    unit_temperature: bool = False  # every row has T in {0, 1}: skip the division
+
+    def select(self, idx: Tensor) -> "RowSettings":
+        """Rows `idx` in that order (host-side flags stay valid: dropping rows cannot break them)."""
+        pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731
+        return replace(self, temperature=pick(self.temperature), keys=pick(self.keys), steps=pick(self.steps),
+                       top_k=pick(self.top_k), top_p=pick(self.top_p))
 
     def slice(self, start: int, length: int) -> "RowSettings":
         end = start + length
@@ -155,8 +162,8 @@ def sample_next(logits: Tensor, rows: RowSettings, want_logprobs: bool = True) -
     when it rescores the rollout with `token_logprobs(..., temperature=T)`.
     """
     z = logits.float()
-    t = torch.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
-    z = z / t
+    if not rows.unit_temperature:
+        z = z / torch.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
     if rows.all_greedy:
         tokens = z.argmax(-1)
     else:

@@ -21,13 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import langdetect
-from langdetect import DetectorFactory
-from langdetect.lang_detect_exception import LangDetectException
-
 from posttrain.tasks.punkt_offline import sent_tokenize, word_tokenize
-
-DetectorFactory.seed = 0  # langdetect samples at random; a fixed seed makes a text's language fixed
 
 RELATIONS = ("less than", "at least")
 CONSTRAINED_RESPONSES = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
@@ -43,11 +37,22 @@ def _compare(count: int, threshold: int, relation: str) -> bool:
     raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
 
 
-def _detect_language(text: str) -> str | None:
+@functools.lru_cache(maxsize=1)
+def _langdetect():
+    import langdetect
+    from langdetect import DetectorFactory
+
+    DetectorFactory.seed = 0  # langdetect samples at random; a fixed seed fixes a text's language
+    return langdetect
+
+
+@functools.lru_cache(maxsize=256)  # loose mode asks about the same variants repeatedly; ~20 ms each
+def detect_language(text: str) -> str | None:
     """langdetect's guess, or None when it cannot tell (which the reference counts as a pass)."""
+    langdetect = _langdetect()
     try:
         return langdetect.detect(text)
-    except LangDetectException:
+    except langdetect.LangDetectException:
         return None
 
 
@@ -78,21 +83,21 @@ def check_letter_frequency(response: str, letter: str, let_frequency: int, let_r
 
 
 def check_response_language(response: str, language: str) -> bool:
-    detected = _detect_language(response)
+    detected = detect_language(response)
     return detected is None or detected == language
 
 
 def check_english_capital(response: str) -> bool:
     if not response.isupper():
         return False
-    detected = _detect_language(response)
+    detected = detect_language(response)
     return detected is None or detected == "en"
 
 
 def check_english_lowercase(response: str) -> bool:
     if not response.islower():
         return False
-    detected = _detect_language(response)
+    detected = detect_language(response)
     return detected is None or detected == "en"
 
 

@@ -1,0 +1,92 @@
+"""The lean Llama-family forward must reproduce HF's logits (Llama GQA, Qwen2 biases, Qwen3 q/k norms)."""
+
+import pytest
+import torch
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+
+from posttrain.rollout.fast_llama import FastLlama, fast_path_unsupported_reason
+
+COMMON = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128)
+
+
+def _model(kind: str):
+    torch.manual_seed(0)
+    if kind == "llama":
+        m = LlamaForCausalLM(LlamaConfig(**COMMON, rope_theta=500.0))
+    elif kind == "llama-bias-mha":  # attention_bias on q/k/v/o, no GQA, untied head
+        m = LlamaForCausalLM(LlamaConfig(**{**COMMON, "num_key_value_heads": 4}, attention_bias=True))
+    elif kind == "qwen2":
+        m = Qwen2ForCausalLM(Qwen2Config(**COMMON, tie_word_embeddings=True))
+    elif kind == "qwen3":
+        m = Qwen3ForCausalLM(Qwen3Config(**COMMON, head_dim=16))
+    elif kind == "mistral":
+        m = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=None))
+    else:
+        raise AssertionError(kind)
+    with torch.no_grad():  # HF zero-inits biases; random ones make the bias path count
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return m.eval()
+
+
+def _hf_next_logits(model, seq):
+    with torch.no_grad():
+        return model(torch.tensor([seq])).logits[0]
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-bias-mha", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_prefill_and_decode_logits_match_hf(kind, fuse):
+    model = _model(kind)
+    assert fast_path_unsupported_reason(model) is None
+    fast = FastLlama(model, fuse_weights=fuse)
+    fast.allocate(num_slots=4, max_len=40)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    # prompt 1 goes to two slots (dedupe), written out of order
+    logits = fast.prefill(prompts, slots=[0, 1, 2, 3], sources=[2, 0, 1, 1])
+    seqs = [prompts[2], prompts[0], prompts[1], prompts[1]]
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _hf_next_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    torch.manual_seed(1)
+    for _ in range(5):
+        new = torch.randint(0, 101, (4,))
+        seqs = [s + [int(t)] for s, t in zip(seqs, new)]
+        logits = fast.decode(new, 4)
+        for row, seq in enumerate(seqs):
+            torch.testing.assert_close(logits[row], _hf_next_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    # drop rows 0 and 2: the survivors keep decoding correctly from their moved cache rows
+    fast.select([3, 1])
+    seqs = [seqs[3], seqs[1]]
+    new = torch.tensor([3, 4])
+    logits = fast.decode(new, 2)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _hf_next_logits(model, seq + [int(new[row])])[-1],
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_refresh_weights_follows_in_place_updates():
+    model = _model("llama")
+    fast = FastLlama(model)
+    fast.allocate(1, 16)
+    before = fast.prefill([[1, 2, 3]], [0], [0])
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight.mul_(3.0)  # an optimizer step, say
+        model.model.layers[1].mlp.up_proj.weight.add_(0.1)
+    assert fast.weights_changed()
+    fast.refresh_weights()
+    after = fast.prefill([[1, 2, 3]], [0], [0])
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after[0], _hf_next_logits(model, [1, 2, 3])[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_architectures_are_reported():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    assert "model_type" in fast_path_unsupported_reason(gpt2)
+    sliding = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=16))
+    assert "sliding" in fast_path_unsupported_reason(sliding)
+    with pytest.raises(ValueError, match="cannot run"):
+        FastLlama(gpt2)
