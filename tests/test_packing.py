@@ -4,11 +4,15 @@ import torch
 from conftest import tiny_model
 from posttrain.data.chat import IGNORE_INDEX
 from posttrain.data.packing import pack, packed_forward, plan_micro_batches
+from posttrain.train.varlen_attn import register
 
 
+@pytest.mark.parametrize("impl", ["dense_mask", "varlen"])
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_packed_logits_equal_separate_runs(kind):
+def test_packed_logits_equal_separate_runs(kind, impl):
     model = tiny_model(kind, vocab_size=500)
+    if impl == "varlen":
+        model.set_attn_implementation(register())
     g = torch.Generator().manual_seed(1)
     docs = [torch.randint(0, 500, (n,), generator=g).tolist() for n in (7, 3, 12, 1)]
     batch = pack([(d, d) for d in docs])
@@ -16,7 +20,7 @@ def test_packed_logits_equal_separate_runs(kind):
         packed = packed_forward(model, batch).logits[0]
         start = 0
         for d in docs:
-            alone = model(torch.tensor([d])).logits[0]
+            alone = model(torch.tensor([d])).logits[0]  # one document: plain causal attention
             torch.testing.assert_close(packed[start:start + len(d)], alone, atol=1e-5, rtol=1e-5)
             start += len(d)
 

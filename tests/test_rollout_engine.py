@@ -29,12 +29,13 @@ def _ids(outs):
     return [o.token_ids for o in outs]
 
 
-@pytest.mark.parametrize("backend", ["fast", "hf"])
-def test_greedy_alone_equals_in_mixed_batch(tiny, backend):
+@pytest.mark.parametrize("backend, overlap", [("fast", False), ("fast", True), ("hf", False), ("hf", True)])
+def test_greedy_alone_equals_in_mixed_batch(tiny, backend, overlap):
     params = SamplingParams(temperature=0, max_new_tokens=10)
     alone = [Engine(tiny, backend=backend).generate([p], params)[0] for p in PROMPTS]
-    # max_batch_size 2 < 5 prompts: rows finish and are refilled (fast) or run in waves (hf)
-    batched = Engine(tiny, backend=backend, max_batch_size=2).generate(PROMPTS, params)
+    # max_batch_size 2 < 5 prompts: rows finish and are refilled (fast) or run in waves (hf);
+    # overlap keeps a step in flight as on CUDA
+    batched = Engine(tiny, backend=backend, max_batch_size=2, overlap=overlap).generate(PROMPTS, params)
     assert _ids(batched) == _ids(alone)
     assert [o.finish_reason for o in batched] == [o.finish_reason for o in alone]
     assert {o.finish_reason for o in batched} == {"eos", "length"}  # both kinds of ending are exercised
@@ -66,7 +67,7 @@ def test_hf_backend_on_a_non_llama_model():
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
 def test_logprobs_equal_trainer_rescoring(tiny, temperature):
     params = SamplingParams(temperature=temperature, max_new_tokens=8, seed=3, top_p=0.9, n=2)
-    for out in Engine(tiny, max_batch_size=3).generate(PROMPTS, params):
+    for out in Engine(tiny, max_batch_size=3, overlap=True).generate(PROMPTS, params):
         seq = torch.tensor([out.prompt_token_ids + out.token_ids])
         with torch.no_grad():
             logits = tiny(seq).logits
@@ -89,6 +90,8 @@ def test_n_samples_seeds_and_batch_independence(tiny):
     c = Engine(tiny).generate(PROMPTS[:2] + [[60, 61, 62]], params)
     assert _ids(c[:6]) == _ids(a[:6])
     d = Engine(tiny, backend="hf", max_batch_size=5).generate(PROMPTS, params)
+    assert _ids(d) == _ids(a)
+    d = Engine(tiny, max_batch_size=4, overlap=True).generate(PROMPTS, params)
     assert _ids(d) == _ids(a)
     # another seed gives other samples; seed=None is drawn from torch's global RNG
     e = Engine(tiny).generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=8, n=3, seed=12, ignore_eos=True))

@@ -17,12 +17,15 @@ from posttrain.recipes.sft import accumulate_gradients
 
 
 class TableLM(torch.nn.Module):
+    config = SimpleNamespace(_attn_implementation="table")
+
     def __init__(self, vocab=4):
         super().__init__()
         self.table = torch.nn.Parameter(torch.zeros(vocab, vocab))
 
-    def forward(self, input_ids, **kwargs):
-        return SimpleNamespace(logits=self.table[input_ids])
+    def forward(self, input_ids, logits_to_keep=None, **kwargs):
+        logits = self.table[input_ids]
+        return SimpleNamespace(logits=logits if logits_to_keep is None else logits[:, logits_to_keep])
 
 
 DOC_A = ([0, 1, 2, 3], [X, 1, 2, 3])  # 3 trainable targets: 0->1, 1->2, 2->3

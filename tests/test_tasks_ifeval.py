@@ -225,7 +225,7 @@ def _targeted(iid: str, kw: dict, prompt: str) -> list[str]:
         return [" ".join(["WORD"] * (n if rel_at_least else n - 1)) + " end", " ".join(["WORD"] * (n - 1 if rel_at_least else n)) + " end",
                 "U.S.A. and NASA-LED TEAMS. " * n]  # fmt: skip
     if iid == "change_case:english_capital":
-        return ["THIS IS AN ENGLISH RESPONSE WRITTEN IN CAPITAL LETTERS.", "This is mixed case.", "DAS IST EINE DEUTSCHE ANTWORT UND SIE IST KURZ."]
+        return ["THIS IS AN ENGLISH RESPONSE WRITTEN IN CAPITAL LETTERS.", "This is mixed case.", "ЭТО КОРОТКИЙ ОТВЕТ НА РУССКОМ ЯЗЫКЕ."]
     if iid == "change_case:english_lowercase":
         return ["this is an english response written in lowercase letters.", "This is Mixed.", "123 !!!"]
     if iid == "punctuation:no_comma":
@@ -345,7 +345,9 @@ def test_invalid_letter_counts_the_character_itself():
         ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n* b\n* c", False),
         ("detectable_format:constrained_response", {}, "Well. My answer is no.", True),
         ("detectable_format:constrained_response", {}, "My answer is no", False),
-        ("detectable_format:number_highlighted_sections", {"num_highlights": 3}, "**bold** *x*", True),  # ** counts twice
+        # "**bold**" counts once (double pattern); the single pattern only sees its empty "**"s
+        ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "**bold** *x*", True),
+        ("detectable_format:number_highlighted_sections", {"num_highlights": 3}, "**bold** *x*", False),
         ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "* * and **", False),
         ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2}, "Section 1\na\nSection 2\nb", True),
         ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2}, "SECTION 1\na\nSECTION 2", False),
@@ -364,9 +366,11 @@ def test_invalid_letter_counts_the_character_itself():
         ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"}, "NASA and U.S.A.", True),
         ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "less than"}, "NASA and U.S.A.", False),
         ("change_case:english_capital", {}, "THIS IS AN ENGLISH RESPONSE IN CAPITAL LETTERS.", True),
-        ("change_case:english_capital", {}, "DAS IST EINE DEUTSCHE ANTWORT UND SIE IST KURZ.", False),
+        ("change_case:english_capital", {}, "ЭТО КОРОТКИЙ ОТВЕТ НА РУССКОМ ЯЗЫКЕ.", False),  # upper, not "en"
+        ("change_case:english_capital", {}, "THIS IS MOSTLY CAPITALS. Not all.", False),
         ("change_case:english_lowercase", {}, "this is an english response in lowercase letters.", True),
         ("change_case:english_lowercase", {}, "this is almost all lowercase. Nearly.", False),
+        ("change_case:english_lowercase", {}, "questa è una risposta in italiano, scritta in minuscolo.", False),
         ("punctuation:no_comma", {}, "no commas at all", True),
         ("punctuation:no_comma", {}, "a, b", False),
     ],
@@ -387,10 +391,12 @@ def test_loose_variants_and_strict_vs_loose():
         "Sure:\nHello world",
         "Hello world",
     ]
-    truth = {"instruction_id_list": ["startend:quotation", "punctuation:no_comma"], "kwargs": [{}, {}], "prompt": "p"}
+    ids = ["startend:quotation", "punctuation:no_comma", "keywords:existence"]
+    truth = {"instruction_id_list": ids, "kwargs": [{}, {}, {"keywords": ["absent"]}], "prompt": "p"}
     result = evaluate_response(truth, 'Here you go:\n"quoted, text"')
-    assert result["inst_level_strict"] == [False, False]
-    assert result["inst_level_loose"] == [True, False]  # dropping the first line makes it quoted
+    assert result["inst_level_strict"] == [False, False, False]
+    # dropping the first line leaves a quoted response; dropping the last leaves no comma
+    assert result["inst_level_loose"] == [True, True, False]
 
 
 def test_empty_response_follows_nothing():

@@ -92,9 +92,26 @@ def packed_attention_mask(seq_lens: Sequence[int], dtype: torch.dtype, device=No
     return mask[None, None]
 
 
+def cu_seqlens(seq_lens: Sequence[int], device=None) -> torch.Tensor:
+    out = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
+    out[1:] = torch.cumsum(torch.tensor(list(seq_lens)), 0)
+    return out.to(device)
+
+
 def packed_forward(model, batch: PackedBatch, **kwargs):
-    """Run a HF causal LM on a packed row with document-local attention; returns the model output."""
+    """Run a HF causal LM on a packed row with document-local attention; returns the model output.
+
+    With the "posttrain_varlen" attention implementation (see train/varlen_attn.py) documents are
+    attended one by one through fused kernels; any other implementation gets a dense 4D mask.
+    Pass `logits_to_keep=<1-D index tensor>` to compute logits only where there is a target.
+    """
+    device = batch.input_ids.device
+    if getattr(model.config, "_attn_implementation", None) == "posttrain_varlen":
+        cu = cu_seqlens(batch.seq_lens, device)
+        return model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                     cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(batch.seq_lens),
+                     max_length_k=max(batch.seq_lens), **kwargs)
     dtype = next(model.parameters()).dtype
-    mask = packed_attention_mask(batch.seq_lens, dtype, batch.input_ids.device)
+    mask = packed_attention_mask(batch.seq_lens, dtype, device)
     return model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
                  use_cache=False, **kwargs)

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from posttrain.config import field
-from posttrain.data.chat import LoadStats, load_conversations, tokenize_dataset
+from posttrain.data.chat import IGNORE_INDEX, LoadStats, load_conversations, tokenize_dataset
 from posttrain.data.packing import pack, packed_forward, plan_micro_batches
 from posttrain.losses.sft import token_nll_sum
 from posttrain.models import load_tokenizer
@@ -27,7 +27,8 @@ from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, 
 from posttrain.train.dist import all_reduce_max, all_reduce_sum, cleanup, init_distributed, print0
 from posttrain.train.metrics import MetricsLogger
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.parallel import model_state_dict, parallelize, sync_grads_context
+from posttrain.train.parallel import (load_optimizer_state, model_state_dict, optimizer_state_dict, parallelize,
+                                      sync_grads_context)
 
 
 @dataclasses.dataclass
@@ -104,7 +105,10 @@ def accumulate_gradients(model, batches: list, n_micro: int, scale: float, devic
                 (out.logits.sum() * 0.0).backward()
                 continue
             batch = batches[m].to(device)
-            nll = token_nll_sum(packed_forward(model, batch).logits, batch.targets)
+            # Logits only where there is a target: prompt positions never reach the LM head.
+            keep = (batch.targets[0] != IGNORE_INDEX).nonzero()[:, 0]
+            logits = packed_forward(model, batch, logits_to_keep=keep).logits
+            nll = token_nll_sum(logits, batch.targets[:, keep])
             (nll * scale).backward()
             nll_sum += nll.item()
     return nll_sum
@@ -132,7 +136,7 @@ def main(cfg: SFTConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"], info)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
@@ -140,7 +144,7 @@ def main(cfg: SFTConfig) -> Path:
     elif cfg.run.resume:
         log(f"[resume] no checkpoint in {run_dir}; starting from scratch")
 
-    logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main and True,
+    logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main,
                            tensorboard=cfg.run.tensorboard, desc="sft")
     if not cfg.run.progress and logger.bar is not None:
         logger.bar.disable = True
@@ -196,8 +200,8 @@ def main(cfg: SFTConfig) -> Path:
 
 def save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, info):
     sd = model_state_dict(model, info)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": ckpt.rng_state()}
+    state = {"step": step, "optimizer": optimizer_state_dict(model, optimizer, info),
+             "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
     ckpt.save_checkpoint(run_dir, step, _unwrap(model), tokenizer, state, config_text(cfg),
                          cfg.checkpoint.keep_last, state_dict=sd, write=info.is_main)
 

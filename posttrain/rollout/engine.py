@@ -90,11 +90,13 @@ class Engine:
     cuda_graphs: capture decode steps as CUDA graphs (default: on for CUDA models, fast path).
     fuse_weights: keep fused QKV / gate-up copies of the weights (faster; refreshed when the
         model's parameters change in place, e.g. after an optimizer step).
+    overlap: keep one decode step in flight while the host reads the previous one (default: on
+        for CUDA; on CPU it only costs one wasted row-step per sequence).
     """
 
     def __init__(self, model, tokenizer=None, *, backend: str = "auto", max_batch_size: int = 64,
                  cuda_graphs: bool | None = None, fuse_weights: bool = True,
-                 prefill_token_budget: int | None = None):
+                 prefill_token_budget: int | None = None, overlap: bool | None = None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"Engine backend must be 'auto', 'fast' or 'hf', got {backend!r}")
         if max_batch_size < 1:
@@ -112,6 +114,7 @@ class Engine:
         # padded prompt tokens per prefill call: bounds activation memory for long prompts
         self.prefill_token_budget = prefill_token_budget or (32768 if self.device.type == "cuda" else 4096)
         self.default_stop_ids = default_stop_token_ids(model, tokenizer)
+        self.overlap = self.device.type == "cuda" if overlap is None else overlap
         self.stats = GenerationStats()
 
     @property
@@ -208,8 +211,8 @@ class Engine:
         # On CUDA one decode step stays in flight: step t+1 is launched from step t's tokens (still
         # on the device) before the host reads step t's tokens, so host bookkeeping overlaps GPU
         # work. A sequence that ended at step t then runs one wasted row-step, whose token is
-        # dropped. On CPU nothing overlaps, so steps are collected at once.
-        overlap = self.device.type == "cuda"
+        # dropped. On CPU nothing overlaps, so by default steps are collected at once.
+        overlap = self.overlap
         refill_at = 1 if self.device.type == "cpu" else max(1, num_slots // 8)
         while waiting or active:
             free = num_slots - len(active)

@@ -23,6 +23,19 @@ import sys
 
 _HEADER = struct.Struct(">I")
 _PID = struct.Struct(">q")
+_WARMUP = (
+    ("\\frac{1}{2}", "0.5"),
+    ("2x-8", "12345.678"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("486\\sqrt{3}", "1.5"),
+    ("[2,5)", "(1,2)"),
+    ("\\{1,2\\}", "2,1"),
+    ("x=5", "5"),
+    ("10\\%", "0.1"),
+    ("\\text{(A)}", "A"),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\3\\end{pmatrix}"),
+    ("\\pi/2", "90^\\circ"),
+)
 
 
 def _load():
@@ -82,7 +95,10 @@ def serve(sock: socket.socket, equal) -> None:
 
 def zygote(control: socket.socket) -> None:
     equal = _load()
-    equal("\\frac{1}{2}", "0.5")  # import the lazily loaded grammar before forking
+    # sympy and math-verify import parts of themselves on first use (seconds on a busy machine);
+    # exercise the common answer shapes once so every forked worker starts with them loaded.
+    for gold, pred in _WARMUP:
+        equal(gold, pred)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished workers
     control.sendall(b"R")
     while True:

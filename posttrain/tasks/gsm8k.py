@@ -149,9 +149,14 @@ def truncate_at_stop(text: str, stops: tuple[str, ...] = STOP) -> str:
 
 
 def reward(completion: str, ground_truth: Any) -> float:
-    """open-instruct GSM8KVerifier: last signed number vs the ground truth, lowercased strings."""
+    """open-instruct GSM8KVerifier: last signed number vs the ground truth, lowercased strings.
+
+    Unlike open-instruct, digit-group commas are removed from the ground truth too: the Tülu 3
+    data has labels like "3,380" that no comma-stripped prediction could ever match.
+    """
     extracted = _last_number(as_text(completion), _NUMBER_REWARD)
-    return float(extracted.lower() == as_text(ground_truth).strip().lower())
+    label = _DIGIT_COMMA.sub(r"\1\2", as_text(ground_truth).strip())
+    return float(extracted.lower() == label.lower())
 
 
 @dataclass

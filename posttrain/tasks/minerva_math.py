@@ -35,7 +35,7 @@ from posttrain.tasks.math_answers import (
     reward_candidates,
     strict_candidate,
 )
-from posttrain.tasks.symbolic import DEFAULT_TIMEOUT_S, Deadline, symbolic_equal
+from posttrain.tasks.symbolic import DEFAULT_TIMEOUT_S, Deadline, default_checker, symbolic_equal
 
 # lm-eval's minerva_math `list_fewshot_samples()` as OLMES used it in Nov 2024, including the
 # stray "}" at the end of the first problem.
@@ -187,6 +187,7 @@ class MathTask:
         return "hf:" + self.hf_id
 
     def load(self, path: str | os.PathLike | None = None, limit: int | None = None) -> list[Sample]:
+        default_checker().prestart()  # start the symbolic checker while data loads and the model runs
         source = str(path if path is not None else self.default_path())
         if source.startswith("hf:") and self.name == "math":
             # one HF config per subject; concatenated in the fixed subject order

@@ -72,6 +72,7 @@ class SymbolicChecker:
         self._idle: list[_Worker] = []
         self._count = 0
         self._zygote: subprocess.Popen | None = None
+        self._launching: socket.socket | None = None  # launched zygote not yet reported ready
         self._control: socket.socket | None = None
         self._spawn_lock = threading.Lock()
 
@@ -94,9 +95,10 @@ class SymbolicChecker:
                 worker.kill()
             self._idle.clear()
         with self._spawn_lock:
-            if self._control is not None:
-                self._control.close()  # the zygote exits on EOF
-                self._control = None
+            for sock in (self._control, self._launching):
+                if sock is not None:
+                    sock.close()  # the zygote exits on EOF
+            self._control = self._launching = None
             if self._zygote is not None:
                 try:
                     self._zygote.wait(timeout=5)
@@ -130,11 +132,19 @@ class SymbolicChecker:
             self._count -= 1
             self._cond.notify()
 
+    def prestart(self) -> None:
+        """Launch the zygote now without waiting for it (it takes seconds to import sympy)."""
+        with self._spawn_lock:
+            if self._control is None and self._launching is None:
+                self._launch_zygote()
+
     def _spawn(self) -> _Worker:
         with self._spawn_lock:
             for attempt in range(2):
                 if self._control is None:
-                    self._start_zygote()
+                    if self._launching is None:
+                        self._launch_zygote()
+                    self._await_zygote()
                 ours, theirs = socket.socketpair()
                 try:
                     socket.send_fds(self._control, [b"W"], [theirs.fileno()])
@@ -149,7 +159,7 @@ class SymbolicChecker:
                 self._reset_zygote()  # it died; start a new one once
             raise SymbolicUnavailable("the symbolic comparison zygote keeps dying")
 
-    def _start_zygote(self) -> None:
+    def _launch_zygote(self) -> None:
         ours, theirs = socket.socketpair()
         try:
             self._zygote = subprocess.Popen(
@@ -161,6 +171,10 @@ class SymbolicChecker:
             )
         finally:
             theirs.close()
+        self._launching = ours
+
+    def _await_zygote(self) -> None:
+        ours, self._launching = self._launching, None
         ours.settimeout(self.startup_timeout_s)
         try:
             ready = self._recv_exact(ours, 1)

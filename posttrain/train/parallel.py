@@ -55,3 +55,23 @@ def sync_grads_context(model: torch.nn.Module, last: bool):
     if setter is not None:
         setter(last)
     yield
+
+
+def optimizer_state_dict(model, optimizer, info: DistInfo) -> dict:
+    """Optimizer state to save: the full (gathered) state under FSDP, the plain one otherwise."""
+    if not info.distributed:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict, info: DistInfo) -> None:
+    if not info.distributed:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
