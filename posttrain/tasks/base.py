@@ -72,6 +72,15 @@ def shared_data_dir() -> Path:
     return (repo_root / ".." / "shared" / "data").resolve()
 
 
+# Generated outputs are a few thousand characters; past this only the end is graded (answers sit
+# at the end), which keeps grading fast on degenerate outputs (see docs/EVAL_NOTES.md).
+MAX_OUTPUT_CHARS = 100_000
+
+
+def clip_tail(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    return text if len(text) <= limit else text[-limit:]
+
+
 def as_text(output: Any) -> str:
     """Model outputs are strings; anything else (None, bytes, numbers) is graded as its text."""
     if output is None:

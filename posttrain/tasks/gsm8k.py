@@ -19,6 +19,7 @@ from posttrain.tasks.base import (
     GenerationConfig,
     Sample,
     as_text,
+    clip_tail,
     iter_rows,
     mean,
     require_field,
@@ -154,7 +155,7 @@ def reward(completion: str, ground_truth: Any) -> float:
     Unlike open-instruct, digit-group commas are removed from the ground truth too: the Tülu 3
     data has labels like "3,380" that no comma-stripped prediction could ever match.
     """
-    extracted = _last_number(as_text(completion), _NUMBER_REWARD)
+    extracted = _last_number(clip_tail(as_text(completion)), _NUMBER_REWARD)
     label = _DIGIT_COMMA.sub(r"\1\2", as_text(ground_truth).strip())
     return float(extracted.lower() == label.lower())
 
@@ -189,7 +190,7 @@ class GSM8KTask:
         )
 
     def score(self, sample: Sample, output: str) -> dict[str, Any]:
-        extracted = extract_answer(truncate_at_stop(as_text(output), self.generation.stop))
+        extracted = extract_answer(clip_tail(truncate_at_stop(as_text(output), self.generation.stop)))
         return {"exact_match": exact_match(extracted, sample.ground_truth), "extracted": extracted}
 
     def aggregate(self, scores: list[dict[str, Any]], samples: list[Sample]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from posttrain.tasks.base import (
     GenerationConfig,
     Sample,
     as_text,
+    clip_tail,
     iter_rows,
     mean,
     require_field,
@@ -137,7 +138,7 @@ class MathScorer:
         return cache[candidate]
 
     def score(self, output: str, gold: str) -> dict[str, Any]:
-        output = as_text(output)
+        output = clip_tail(as_text(output))
         deadline, cache = Deadline(self.budget_s), {}
         strict = strict_candidate(output)
         exact = strict is not None and self._equal(strict, gold, deadline, cache)
@@ -153,7 +154,7 @@ class MathScorer:
 
     def reward(self, completion: str, ground_truth: Any) -> float:
         """open-instruct MathVerifier: 1.0 if any candidate matches the raw ground truth."""
-        completion, gold = as_text(completion), as_text(ground_truth)
+        completion, gold = clip_tail(as_text(completion)), as_text(ground_truth)
         deadline, cache = Deadline(self.budget_s), {}
         return float(
             any(

@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any, Callable
 
+from posttrain.tasks.base import as_text
 from posttrain.tasks.ifeval_checks import count_placeholders, detect_language
 
 
@@ -226,8 +227,12 @@ def constraint_reward(completion: str, ground_truth: Any) -> float:
     """1.0 if the completion (thinking section removed, stripped) satisfies the constraint."""
     from posttrain.tasks.ifeval import strip_thinking
 
+    from posttrain.tasks.ifeval import MAX_RESPONSE_CHARS
+
     func, args = parse_constraint(ground_truth)
-    answer = strip_thinking(completion if isinstance(completion, str) else str(completion or ""))
+    answer = strip_thinking(as_text(completion))
+    if len(answer) > MAX_RESPONSE_CHARS:  # as for IFEval: too long to follow any constraint
+        return 0.0
     try:
         return float(bool(func(answer, **args)))
     except Exception:  # a response can never make the grader fail; it just scores 0
