@@ -168,16 +168,17 @@ def print_table(results: list[dict]) -> None:
             speed = f"{hf['seconds'] / r['seconds']:.2f}x (time)"
         same = "-"
         if hf and method != "hf":
-            # in fixed mode HF's min_new_tokens masks EOS, so compare up to the first EOS only
+            # in fixed mode HF's min_new_tokens masks EOS, so compare up to our first EOS only
             e = r["eos"]
-            pairs = [(_cut(a, e), _cut(h, e)) if mode == "fixed" else (a, h) for a, h in zip(r["rows"], hf["rows"])]
+            pairs = [(_before_eos(a, e), h[: len(_before_eos(a, e))]) if mode == "fixed" else (a, h)
+                     for a, h in zip(r["rows"], hf["rows"])]
             same = f"{sum(a == h for a, h in pairs)}/{len(pairs)}"
         print(f"| {b} | {mode} | {method} | {r['tok_s']:.1f} | {r['seconds']:.2f} | {speed} | "
               f"{r['peak_rss_mib']:.0f} | {same} |")
 
 
-def _cut(row: list[int], eos: int) -> list[int]:
-    return row[: row.index(eos) + 1] if eos in row else row
+def _before_eos(row: list[int], eos: int) -> list[int]:
+    return row[: row.index(eos)] if eos in row else row
 
 
 if __name__ == "__main__":

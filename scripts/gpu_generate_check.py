@@ -83,24 +83,34 @@ def hf_generate(model, prompts, new_tokens, device, static: bool):
 
 
 def check_correctness(model, prompts, args) -> list[str]:
-    """Our log-probs vs a full HF forward over prompt + completion; graphs vs eager agreement."""
+    """Our log-probs vs a float32 forward over prompt + completion, next to HF's own low-precision
+    forward against the same reference (bf16 alone is off by ~0.1 nats on this random model);
+    then CUDA-graph decode vs eager decode."""
+    import copy
+
     from posttrain.rollout import Engine, SamplingParams
 
     errors = []
     sub = prompts[:8]
     params = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
     outs = Engine(model, None, max_batch_size=8).generate(sub, params)
-    worst = 0.0
+    ref32 = copy.deepcopy(model).float()
+    err_ours = err_hf = 0.0
     with torch.inference_mode():
         for o in outs:
+            p = len(o.prompt_token_ids)
             ids = torch.tensor([o.prompt_token_ids + o.token_ids], device=args.device)
-            logits = model(ids).logits[0, len(o.prompt_token_ids) - 1: -1].float()
-            ref = torch.log_softmax(logits, -1).gather(-1, ids[0, len(o.prompt_token_ids):, None])[:, 0]
-            worst = max(worst, (ref.cpu() - torch.tensor(o.logprobs)).abs().max().item())
-    tol = 1e-3 if args.dtype == "float32" else 0.1
-    print(f"[check] max |our logprob - HF forward logprob| over 8x16 greedy tokens: {worst:.2e} (tol {tol})")
-    if not worst < tol:
-        errors.append(f"log-prob mismatch {worst:.3e} >= {tol}")
+            tgt = ids[0, p:, None]
+            exact = torch.log_softmax(ref32(ids).logits[0, p - 1: -1].float(), -1).gather(-1, tgt)[:, 0].cpu()
+            hf = torch.log_softmax(model(ids).logits[0, p - 1: -1].float(), -1).gather(-1, tgt)[:, 0].cpu()
+            err_ours = max(err_ours, (torch.tensor(o.logprobs) - exact).abs().max().item())
+            err_hf = max(err_hf, (hf - exact).abs().max().item())
+    del ref32
+    tol = 1e-3 if args.dtype == "float32" else 2 * err_hf + 0.02
+    print(f"[check] max |logprob - float32 reference| over 8x16 greedy tokens: ours {err_ours:.3f}, "
+          f"HF {args.dtype} forward {err_hf:.3f} (tolerance for ours {tol:.3f})")
+    if not err_ours <= tol:
+        errors.append(f"log-prob error {err_ours:.3e} > {tol:.3e}")
     if torch.device(args.device).type == "cuda":
         a = Engine(model, None, max_batch_size=8).generate(sub, params)
         b = Engine(model, None, max_batch_size=8, cuda_graphs=False).generate(sub, params)
@@ -142,6 +152,18 @@ def main(argv=None) -> int:
             st = engine.stats
             print(f"[ours] {st.decode_steps} decode steps, {st.prefill_calls} prefill calls, "
                   f"{1e3 * st.seconds / max(1, st.decode_steps):.2f} ms per step all-in", flush=True)
+            graphs = getattr(engine.backend, "_graphs", {})
+            if graphs:  # the decode graph alone, to split GPU time from host overhead
+                key = max(graphs)
+                g = graphs[key][0]
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    g.replay()
+                end.record()
+                end.synchronize()
+                print(f"[ours] graph replay alone (batch {key[0]}, keys {key[1]}): "
+                      f"{start.elapsed_time(end) / 20:.2f} ms", flush=True)
             return tokens
         return run
 

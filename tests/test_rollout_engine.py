@@ -14,6 +14,15 @@ EOS = 3
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16], [20], [30, 31, 32, 33], [40, 41]]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny matmuls gain nothing from a second thread and stall when the CPU is shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -219,14 +228,14 @@ def test_embedded_model_batched_greedy_matches_single(tok):
     qs = ["What is 2+2?", "Name a colour.", "Write one word about the sea, then explain it in a long paragraph."]
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
                for q in qs]
-    params = SamplingParams(temperature=0, max_new_tokens=16)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
     engine = Engine(model, tok)
     batched = engine.generate(prompts, params)
-    alone = [engine.generate([p], params)[0] for p in prompts]
-    assert _ids(batched) == _ids(alone)
     assert all(o.text.strip() for o in batched)
-    # and it matches HF's own greedy decoding
-    enc = tok(prompts[0], return_tensors="pt", add_special_tokens=False)
+    # the shortest and the longest prompt alone; the longest also against HF's greedy decoding
+    assert engine.generate([prompts[0]], params)[0].token_ids == batched[0].token_ids
+    assert engine.generate([prompts[2]], params)[0].token_ids == batched[2].token_ids
+    enc = tok(prompts[2], return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
-        ref = model.generate(**enc, max_new_tokens=16, do_sample=False)
-    assert batched[0].token_ids == ref[0, enc.input_ids.shape[1]:].tolist()
+        ref = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    assert batched[2].token_ids == ref[0, enc.input_ids.shape[1]:].tolist()

@@ -11,6 +11,15 @@ COMMON = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_l
               num_key_value_heads=2, max_position_embeddings=128)
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny matmuls gain nothing from a second thread and stall when the CPU is shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def _model(kind: str):
     torch.manual_seed(0)
     if kind == "llama":

@@ -131,3 +131,13 @@ def test_reward_keeps_sign_and_compares_strings():
     assert reward("18.0", "18") == 0.0
     assert reward("", "0") == 0.0
     assert get_task("gsm8k").reward("so 42", 42) == 1.0
+
+
+def test_render_with_the_embedded_chat_template(tokenizer):
+    from posttrain.tasks import render_prompt
+
+    sample = get_task("gsm8k").load(limit=1)[0]
+    prompt = render_prompt(tokenizer, sample)
+    assert prompt.count("<|im_start|>user\nQuestion: ") == 9
+    assert prompt.count("<|im_start|>assistant\nAnswer: ") == 8
+    assert prompt.endswith("at the farmers' market?<|im_end|>\n<|im_start|>assistant\nAnswer:")

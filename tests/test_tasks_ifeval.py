@@ -234,8 +234,9 @@ def _targeted(iid: str, kw: dict, prompt: str) -> list[str]:
 
 
 def _wrapped(response: str) -> list[str]:
-    """Variants that exercise the loose modes: a preamble line, a sign-off, markdown stars."""
-    return [response, f"Sure, here it is:\n{response}\nHope it helps!", f"**{response}**"]
+    """The response, and a copy that only the loose modes can rescue: a preamble line, a
+    sign-off and markdown stars around it."""
+    return [response, f"Sure, here it is:\n**{response}**\nHope it helps!"]
 
 
 def test_registry_matches_reference(ref):
@@ -264,15 +265,13 @@ def test_agreement_on_targeted_cases(ref):
 
 
 def _perturbations(text: str) -> list[str]:
-    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    paragraphs = [p for p in text.replace(",", "").split("\n\n") if p.strip()]
     return [
         text,
         text.lower(),
         text.upper(),
-        "\n***\n".join(paragraphs),
-        text.replace(",", "") + "\n\nP.S. Thanks for reading.\nP.P.S see you",
-        '"' + text.strip() + '"',
-        "Sure, here it is:\n" + text + "\nHope it helps!",
+        "\n***\n".join(paragraphs) + "\n\nP.S. Thanks for reading.\nP.P.S see you",
+        'Sure, here it is:\n"' + text.strip() + '"\nHope it helps!',
     ]
 
 
@@ -289,7 +288,7 @@ def test_agreement_on_model_responses(ref):
             if ours != theirs:
                 mismatches.append((row["key"], response[:80], ours, theirs))
     assert not mismatches, f"{len(mismatches)} disagreements, first: {mismatches[:3]}"
-    assert checked == 834 * 7
+    assert checked == 834 * 5
     assert 0 < passed < checked
 
 

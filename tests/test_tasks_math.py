@@ -262,7 +262,7 @@ def hendrycks_ref():
     # seconds of import time when nothing else has loaded it yet.
     stub = "datasets" not in sys.modules
     if stub:
-        sys.modules["datasets"] = types.ModuleType("datasets")
+        sys.modules["datasets"] = types.SimpleNamespace(Dataset=object)  # used in annotations
     try:
         module_spec.loader.exec_module(module)
     finally:

@@ -129,6 +129,15 @@ def test_registry_aliases_and_errors():
         parse_constraint({"func_name": "validate_end", "N": 3})
 
 
+def test_empty_ground_truth_is_a_data_error():
+    # otherwise an empty completion would "match" an empty label
+    for dataset in ("gsm8k", "math"):
+        with pytest.raises(ValueError, match="ground truth is empty"):
+            verify("", dataset, "")
+        with pytest.raises(ValueError, match="ground truth is empty"):
+            verify("42", dataset, None)
+
+
 def test_multi_verifier_rows_average():
     score = verify("So the answer is \\boxed{4}.", ["gsm8k", "math"], ["4", "5"])
     assert score == 0.5

@@ -255,7 +255,7 @@ def tokenize_pairs(tokenizer, pairs: Iterable[PreferencePair], max_length: int, 
         try:
             tp = tokenize_pair(tokenizer, pair, max_length, too_long)
         except DataError as e:
-            too = "max_length" in str(e)
+            too = "longer than max_length" in str(e)
             if (too and too_long == "raise") or (not too and on_error == "raise"):
                 hint = "data.too_long=skip or truncate" if too else "data.on_error=skip"
                 raise DataError(f"{where}: {e}  (set {hint} to drop such pairs and count them)") from None

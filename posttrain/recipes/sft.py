@@ -145,9 +145,7 @@ def main(cfg: SFTConfig) -> Path:
         log(f"[resume] no checkpoint in {run_dir}; starting from scratch")
 
     logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main,
-                           tensorboard=cfg.run.tensorboard, desc="sft")
-    if not cfg.run.progress and logger.bar is not None:
-        logger.bar.disable = True
+                           tensorboard=cfg.run.tensorboard, desc="sft", progress=cfg.run.progress)
     sum_divisor = cfg.train.sum_divisor or float(cfg.train.batch_size)
     t_start = time.time()
     model.train()

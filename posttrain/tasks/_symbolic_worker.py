@@ -100,7 +100,10 @@ def zygote(control: socket.socket) -> None:
     for gold, pred in _WARMUP:
         equal(gold, pred)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished workers
-    control.sendall(b"R")
+    try:
+        control.sendall(b"R")
+    except OSError:  # the parent exited (or gave up) before we were ready
+        return
     while True:
         try:
             msg, fds, _, _ = socket.recv_fds(control, 1, 1)
@@ -118,7 +121,10 @@ def zygote(control: socket.socket) -> None:
                 finally:
                     os._exit(0)
             os.close(fd)
-            control.sendall(_PID.pack(pid))
+            try:
+                control.sendall(_PID.pack(pid))
+            except OSError:
+                return
 
 
 if __name__ == "__main__":

@@ -155,8 +155,10 @@ def reward(completion: str, ground_truth: Any) -> float:
     Unlike open-instruct, digit-group commas are removed from the ground truth too: the Tülu 3
     data has labels like "3,380" that no comma-stripped prediction could ever match.
     """
-    extracted = _last_number(clip_tail(as_text(completion)), _NUMBER_REWARD)
     label = _DIGIT_COMMA.sub(r"\1\2", as_text(ground_truth).strip())
+    if not label:
+        raise ValueError(f"GSM8K ground truth is empty: {ground_truth!r}")
+    extracted = _last_number(clip_tail(as_text(completion)), _NUMBER_REWARD)
     return float(extracted.lower() == label.lower())
 
 
@@ -166,7 +168,6 @@ class GSM8KTask:
     num_shots: int = len(FEWSHOT)
     generation: GenerationConfig = GenerationConfig(max_new_tokens=512, stop=STOP)
     primary_metric: str = "exact_match"
-    hf_id: str = "openai/gsm8k"
 
     def default_path(self) -> str:
         return str(shared_data_dir() / "gsm8k" / "test.jsonl")

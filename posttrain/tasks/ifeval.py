@@ -119,7 +119,6 @@ class IFEvalTask:
     generation: GenerationConfig = GenerationConfig(max_new_tokens=2048, stop=())
     primary_metric: str = "prompt_level_loose_acc"
     max_response_chars: int = MAX_RESPONSE_CHARS
-    hf_id: str = "google/IFEval"
 
     def default_path(self) -> str:
         return str(shared_data_dir() / "ifeval" / "input_data.jsonl")

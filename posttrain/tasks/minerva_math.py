@@ -155,6 +155,8 @@ class MathScorer:
     def reward(self, completion: str, ground_truth: Any) -> float:
         """open-instruct MathVerifier: 1.0 if any candidate matches the raw ground truth."""
         completion, gold = clip_tail(as_text(completion)), as_text(ground_truth)
+        if not gold.strip():
+            raise ValueError(f"MATH ground truth is empty: {ground_truth!r}")
         deadline, cache = Deadline(self.budget_s), {}
         return float(
             any(
@@ -207,6 +209,8 @@ class MathTask:
             if not isinstance(row.get("answer"), str):
                 raise ValueError(f"{where}: 'solution' has no \\boxed{{}} answer and there is no 'answer'")
             gold = normalize_final_answer(row["answer"])
+        if not gold:
+            raise ValueError(f"{where}: the gold answer is empty after normalisation")
         raw_subject = row.get("subject", row.get("type"))
         if not isinstance(raw_subject, str):
             raise ValueError(f"{where}: missing field 'subject' (or 'type')")

@@ -140,7 +140,7 @@ class SymbolicChecker:
 
     def _spawn(self) -> _Worker:
         with self._spawn_lock:
-            for attempt in range(2):
+            for _ in range(2):
                 if self._control is None:
                     if self._launching is None:
                         self._launch_zygote()
@@ -184,6 +184,7 @@ class SymbolicChecker:
         if ready != b"R":
             ours.close()
             self._zygote.kill()
+            self._zygote.wait()
             self._zygote = None
             raise SymbolicUnavailable(
                 f"{_WORKER_SCRIPT.name} did not start within {self.startup_timeout_s:.0f}s "

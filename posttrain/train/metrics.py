@@ -10,7 +10,7 @@ from pathlib import Path
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 tensorboard: bool = False, desc: str = "train"):
+                 tensorboard: bool = False, desc: str = "train", progress: bool = True):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.start = time.time()
@@ -22,7 +22,8 @@ class MetricsLogger:
             self._truncate_after(start_step)
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, mininterval=1.0)
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, mininterval=1.0)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -1,0 +1,80 @@
+"""The samples one RL step trains on: token sequences plus per-token tensors, packed on demand.
+
+Every per-token quantity (generator/old/reference log-probs, advantages, values, returns) is kept
+per sample as a 1-D tensor over its response tokens. A micro-batch packs a few samples into one
+padding-free row (`data.packing.pack`); its response targets come out in sample order, then token
+order, which is exactly the order of `cat(name, idx)`, so per-token tensors line up with the
+trainer's log-probs without any index bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from posttrain.data.chat import IGNORE_INDEX
+from posttrain.data.packing import PackedBatch, pack
+
+
+@dataclass
+class TrainSamples:
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    token: dict[str, list[Tensor]] = field(default_factory=dict)  # name -> per-sample [R_i] tensors
+
+    def __post_init__(self):
+        assert len(self.prompt_ids) == len(self.response_ids)
+        assert all(len(r) > 0 for r in self.response_ids), "every sample needs at least one response token"
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)]
+
+    @property
+    def response_lengths(self) -> list[int]:
+        return [len(r) for r in self.response_ids]
+
+    def set(self, name: str, values: list[Tensor]) -> None:
+        if len(values) != len(self) or any(v.shape != (n,) for v, n in zip(values, self.response_lengths)):
+            raise ValueError(f"TrainSamples.set({name!r}): expected one [R_i] tensor per sample")
+        self.token[name] = [v.detach().float().cpu() for v in values]
+
+    def has(self, name: str) -> bool:
+        return name in self.token
+
+    def cat(self, name: str, idx: list[int]) -> Tensor:
+        """[sum R_i] for samples `idx`, in packing order."""
+        return torch.cat([self.token[name][i] for i in idx])
+
+    def pack(self, idx: list[int]) -> PackedBatch:
+        """Samples `idx` in one packed row; targets are the response tokens only."""
+        docs = []
+        for i in idx:
+            p, r = self.prompt_ids[i], self.response_ids[i]
+            docs.append((p + r, [IGNORE_INDEX] * len(p) + r))
+        return pack(docs)
+
+
+def per_sample_to_tokens(values: Tensor, lengths: list[int]) -> list[Tensor]:
+    """[N] one value per sample -> that value repeated over each sample's response tokens."""
+    return [values[i].expand(n).clone() for i, n in enumerate(lengths)]
+
+
+def to_padded(values: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-sample [R_i] tensors -> ([N, max R] right-padded with 0, [N, max R] bool mask)."""
+    width = max(v.numel() for v in values)
+    out = torch.zeros(len(values), width)
+    mask = torch.zeros(len(values), width, dtype=torch.bool)
+    for i, v in enumerate(values):
+        out[i, :v.numel()] = v
+        mask[i, :v.numel()] = True
+    return out, mask
+
+
+def from_padded(x: Tensor, lengths: list[int]) -> list[Tensor]:
+    return [x[i, :n].clone() for i, n in enumerate(lengths)]

@@ -1,0 +1,221 @@
+"""Forward passes over packed rollouts and the optimizer updates of the policy and value models.
+
+Only response positions go through the LM head (`logits_to_keep`): prompt tokens need no logits.
+Losses are summed per micro-batch and divided by the minibatch's response-token count (counted
+before the forward passes), so the gradient is the same however a minibatch is split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from posttrain.data.chat import IGNORE_INDEX
+from posttrain.data.packing import PackedBatch, packed_forward, plan_micro_batches
+from posttrain.losses.pg import KLEstimator, kl_penalty, policy_gradient_loss, token_level_loss
+from posttrain.losses.ppo import value_loss
+from posttrain.rl.buffer import TrainSamples
+from posttrain.train.logprobs import entropy_from_logits, token_logprobs
+
+
+def response_logits(model, batch: PackedBatch) -> tuple[Tensor, Tensor]:
+    """([1, K, V] logits at the K response-predicting positions, [K] target token ids)."""
+    targets = batch.targets[0]
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+    logits = packed_forward(model, batch, logits_to_keep=keep).logits
+    return logits, targets[keep]
+
+
+def response_logprobs(model, batch: PackedBatch, temperature: float) -> tuple[Tensor, Tensor]:
+    """([K] log-probs of the response tokens under softmax(logits / T), [1, K, V] logits)."""
+    logits, targets = response_logits(model, batch)
+    return token_logprobs(logits, targets[None], shift=False, temperature=temperature)[0], logits
+
+
+def response_values(value_model, batch: PackedBatch) -> Tensor:
+    """[K] value-head outputs at the response-predicting positions (V(s_t) before token t).
+
+    The sequence-classification class pools one position per row, so a forward hook on its
+    scalar `score` head reads every position.
+    """
+    captured: list[Tensor] = []
+    handle = value_model.score.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        packed_forward(value_model, batch)
+    finally:
+        handle.remove()
+    keep = (batch.targets[0] != IGNORE_INDEX).nonzero().squeeze(-1)
+    return captured[0][0, keep.to(captured[0].device), 0].float()
+
+
+def _micro_batches(samples: TrainSamples, idx: list[int], budget: int) -> Iterator[list[int]]:
+    lengths = samples.lengths
+    for group in plan_micro_batches([lengths[i] for i in idx], budget):
+        yield [idx[j] for j in group]
+
+
+def _split(tensor: Tensor, idx: list[int], samples: TrainSamples) -> list[Tensor]:
+    return list(tensor.detach().float().cpu().split([samples.response_lengths[i] for i in idx]))
+
+
+@torch.no_grad()
+def score_logprobs(model, samples: TrainSamples, micro_batch_tokens: int, temperature: float, device) -> list[Tensor]:
+    """Per-sample response log-probs without gradients (reference, or the policy before updating)."""
+    out: list[Tensor] = []
+    for idx in _micro_batches(samples, list(range(len(samples))), micro_batch_tokens):
+        lp, _ = response_logprobs(model, samples.pack(idx).to(device), temperature)
+        out += _split(lp, idx, samples)
+    return out
+
+
+@torch.no_grad()
+def score_values(value_model, samples: TrainSamples, micro_batch_tokens: int, device) -> list[Tensor]:
+    out: list[Tensor] = []
+    for idx in _micro_batches(samples, list(range(len(samples))), micro_batch_tokens):
+        out += _split(response_values(value_model, samples.pack(idx).to(device)), idx, samples)
+    return out
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """How samples are cut into optimizer steps: `epochs` passes, each over `num_minibatches`
+    shuffled minibatches (one optimizer step each), packed into `micro_batch_tokens` micro-batches."""
+
+    epochs: int = 1
+    num_minibatches: int = 1
+    micro_batch_tokens: int = 4096
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    @property
+    def single_pass(self) -> bool:
+        return self.epochs == 1 and self.num_minibatches == 1
+
+
+def minibatches(n: int, s: PassSettings, epoch: int) -> list[list[int]]:
+    order = list(range(n))
+    if not s.single_pass:
+        g = torch.Generator().manual_seed(s.seed * 1000 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    size = -(-n // s.num_minibatches)
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def _optimizer_step(model, optimizer, max_grad_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """The clipped policy-gradient loss (pg.policy_gradient_loss) plus an optional KL loss term."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    tis_cap: float | None = 2.0  # truncated IS between generator and trainer log-probs; None: off
+    kl_beta: float = 0.0  # KL-to-reference loss coefficient (0 when the KL is in the reward)
+    kl_estimator: KLEstimator = "k3"
+    temperature: float = 1.0
+
+
+class _Sums:
+    def __init__(self):
+        self.v: dict[str, float] = {}
+
+    def add(self, **kv: float) -> None:
+        for k, x in kv.items():
+            self.v[k] = self.v.get(k, 0.0) + float(x)
+
+    def max(self, **kv: float) -> None:
+        for k, x in kv.items():
+            self.v[k] = max(self.v.get(k, float("-inf")), float(x))
+
+
+def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, passes: PassSettings,
+                  device) -> dict[str, float]:
+    """Optimizer steps of the policy on `samples` (needs token tensors "advantages",
+    "gen_logprobs"; "ref_logprobs" when loss.kl_beta > 0; "old_logprobs" unless single-pass,
+    where π_old is the policy itself and its detached log-probs are used)."""
+    sums, first = _Sums(), _Sums()
+    use_old = samples.has("old_logprobs")
+    assert use_old or passes.single_pass, "several passes need old log-probs computed before the first update"
+    steps, grad_norms, objective = 0, 0.0, 0.0
+    for epoch in range(passes.epochs):
+        for mb in minibatches(len(samples), passes, epoch):
+            n_tokens = sum(samples.response_lengths[i] for i in mb)
+            for idx in _micro_batches(samples, mb, passes.micro_batch_tokens):
+                lp, logits = response_logprobs(model, samples.pack(idx).to(device), loss.temperature)
+                old = samples.cat("old_logprobs", idx).to(device) if use_old else lp.detach()
+                gen = samples.cat("gen_logprobs", idx).to(device)
+                adv = samples.cat("advantages", idx).to(device)
+                ones = torch.ones_like(lp)[None]
+                out = policy_gradient_loss(lp[None], old[None], adv[None], ones, eps_low=loss.eps_low,
+                                           eps_high=loss.eps_high, tis_cap=loss.tis_cap or 2.0,
+                                           generator_logprobs=gen[None] if loss.tis_cap else None)
+                per_token = out.losses
+                ref = samples.cat("ref_logprobs", idx).to(device) if samples.has("ref_logprobs") else None
+                if loss.kl_beta:
+                    per_token = per_token + loss.kl_beta * kl_penalty(lp, ref, loss.kl_estimator)[None]
+                total = token_level_loss(per_token, ones, n_tokens)
+                total.backward()
+                objective += total.item()
+                sums.add(tokens=lp.numel(), clipped=out.clipped.sum(), approx_kl=out.approx_kl.sum())
+                if epoch == 0:  # statistics of the policy before this step's updates
+                    with torch.no_grad():
+                        diff = (old - gen).abs()
+                        w = torch.exp(old - gen)
+                        first.add(tokens=lp.numel(), entropy=entropy_from_logits(logits[0] / loss.temperature).sum(),
+                                  diff=diff.sum(), tis_w=w.clamp(max=loss.tis_cap or float("inf")).sum(),
+                                  tis_capped=(w > (loss.tis_cap or float("inf"))).sum())
+                        first.max(diff_max=diff.max())
+                        if ref is not None:
+                            d = old - ref
+                            first.add(k1=d.sum(), k3=kl_penalty(old, ref, "k3").sum())
+            grad_norms += _optimizer_step(model, optimizer, passes.max_grad_norm)
+            steps += 1
+    n, f = max(sums.v.get("tokens", 0.0), 1.0), max(first.v.get("tokens", 0.0), 1.0)
+    stats = {
+        "loss/policy": objective / max(steps, 1), "grad_norm": grad_norms / max(steps, 1), "optimizer_steps": steps,
+        "clip_frac": sums.v.get("clipped", 0.0) / n, "approx_kl_old": sums.v.get("approx_kl", 0.0) / n,
+        "entropy": first.v.get("entropy", 0.0) / f,
+        "logprob_diff/mean_abs": first.v.get("diff", 0.0) / f, "logprob_diff/max_abs": first.v.get("diff_max", 0.0),
+        "tis/mean_weight": first.v.get("tis_w", 0.0) / f, "tis/capped_frac": first.v.get("tis_capped", 0.0) / f,
+    }
+    if "k1" in first.v:
+        stats.update({"kl/k1": first.v["k1"] / f, "kl/k3": first.v["k3"] / f})
+    return stats
+
+
+def value_update(value_model, optimizer, samples: TrainSamples, clip_range: float, coef: float,
+                 passes: PassSettings, device) -> dict[str, float]:
+    """Optimizer steps of the value model on the clipped value loss (token tensors "old_values",
+    "returns"), scaled by the value-loss coefficient."""
+    sums = _Sums()
+    steps, objective, grad_norms = 0, 0.0, 0.0
+    for epoch in range(passes.epochs):
+        for mb in minibatches(len(samples), passes, epoch):
+            n_tokens = sum(samples.response_lengths[i] for i in mb)
+            for idx in _micro_batches(samples, mb, passes.micro_batch_tokens):
+                values = response_values(value_model, samples.pack(idx).to(device))
+                old = samples.cat("old_values", idx).to(device)
+                ret = samples.cat("returns", idx).to(device)
+                ones = torch.ones_like(values)[None]
+                out = value_loss(values[None], old[None], ret[None], ones, clip_range)
+                total = coef * token_level_loss(out.losses, ones, n_tokens)
+                total.backward()
+                objective += total.item()
+                sums.add(tokens=values.numel(), clipped=out.clipped.sum())
+            grad_norms += _optimizer_step(value_model, optimizer, passes.max_grad_norm)
+            steps += 1
+    n = max(sums.v.get("tokens", 0.0), 1.0)
+    return {"loss/value": objective / max(steps, 1), "value/clip_frac": sums.v.get("clipped", 0.0) / n,
+            "value/grad_norm": grad_norms / max(steps, 1)}

@@ -1,0 +1,597 @@
+"""`posttrain serve`: an OpenAI-compatible chat server over any checkpoint, on the project's engine.
+
+    posttrain serve model=smollm2-135m port=8000
+    curl localhost:8000/v1/chat/completions -d '{"model": "smollm2-135m",
+         "messages": [{"role": "user", "content": "Hi"}]}'
+
+Endpoints: `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /health`,
+`GET /stats`. Requests that arrive within `batch_window_ms` of each other (up to `max_batch`) are
+decoded by one engine call with per-request sampling settings; the engine holds one model and is
+not thread-safe, so every engine call runs on one worker thread. The engine returns whole
+completions, so a streamed response arrives in one burst when its batch finishes: the chunks have
+OpenAI's `chat.completion.chunk` shape, but time-to-first-token equals the full latency.
+
+A request's `seed` gives the same completion whether it runs alone or inside any batch (see
+`batch_seed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from posttrain.config import ConfigError, field
+from posttrain.rollout.engine import Completion
+from posttrain.rollout.sampling import SamplingParams, sequence_key
+
+# ----------------------------------------------------------------------------------- config
+
+
+@dataclass
+class ServeConfig:
+    """`posttrain serve`: an OpenAI-compatible HTTP server over one checkpoint."""
+
+    model: str = field("smollm2-135m", "HF directory, hub id, or embedded model name")
+    served_model_name: str | None = field(None, "name in /v1/models and in requests (default: `model`)")
+    host: str = field("127.0.0.1", "interface to listen on (0.0.0.0 for all)")
+    port: int = field(8000, "TCP port (0 = any free port)")
+    chat_template: str = field("model", "'model' (the tokenizer's own), 'tulu', or a Jinja template")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field("auto", "auto = fp32 on CPU, bf16 on CUDA")
+    device: str = field("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    backend: Literal["auto", "fast", "hf"] = field("auto", "engine backend (see rollout/engine.py)")
+    max_batch: int = field(32, "most requests decoded by one engine call")
+    batch_window_ms: float = field(10.0, "how long the first waiting request waits for others to join")
+    engine_rows: int = field(64, "KV-cache rows: sequences decoded together inside one engine call")
+    default_max_tokens: int = field(512, "completion budget when a request gives no max_tokens")
+    max_n: int = field(16, "largest `n` (samples per request) accepted")
+    api_key: str | None = field(None, "if set, requests must send `Authorization: Bearer <api_key>`")
+    log_level: str = field("warning", "uvicorn log level")
+
+    def validate(self) -> None:
+        if self.max_batch < 1 or self.engine_rows < 1 or self.max_n < 1:
+            raise ConfigError("max_batch, engine_rows and max_n must be >= 1")
+        if self.batch_window_ms < 0:
+            raise ConfigError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        if self.default_max_tokens < 1:
+            raise ConfigError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+
+# ----------------------------------------------------------------------------------- seeds
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_GOLDEN_INV = pow(_GOLDEN, -1, 1 << 64)
+
+
+def batch_seed(seed: int, prompt_index: int) -> int:
+    """The engine seed that gives prompt `prompt_index` of a batch the random stream that prompt 0
+    of a one-prompt call with `seed` gets, so a seeded request samples the same tokens whatever
+    batch it lands in. The engine keys a sequence by mix(mix(seed*G + prompt) * G + sample);
+    solving seed'*G + i = seed*G (mod 2^64) gives seed' = seed - i/G. `_check_batch_seed` falls
+    back to the raw seed if the engine's key derivation ever changes."""
+    return (seed - prompt_index * _GOLDEN_INV) & _MASK64
+
+
+def _check_batch_seed(seed: int, prompt_index: int) -> int:
+    adjusted = batch_seed(seed, prompt_index)
+    if sequence_key(adjusted, prompt_index, 0) == sequence_key(seed & _MASK64, 0, 0):
+        return adjusted
+    return seed & _MASK64  # pragma: no cover - only if the engine changes its key derivation
+
+
+# ----------------------------------------------------------------------------------- batching
+
+
+@dataclass
+class GenJob:
+    prompt_ids: list[int]
+    params: SamplingParams
+    future: concurrent.futures.Future  # resolves to list[Completion] (one per sample)
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    failed_requests: int = 0
+    generated_tokens: int = 0
+    busy_seconds: float = 0.0
+
+
+RunBatch = Callable[[list[list[int]], list[SamplingParams]], list[Completion]]
+
+
+class Batcher:
+    """Collects jobs from many threads and runs them in batches on a single worker thread.
+
+    The first job of a batch waits at most `window_s` for more; jobs that queued while the
+    previous batch ran join at once, so under load batches fill up without extra latency.
+    """
+
+    def __init__(self, run_batch: RunBatch, max_batch: int, window_s: float):
+        assert max_batch >= 1 and window_s >= 0
+        self._run_batch, self.max_batch, self.window_s = run_batch, max_batch, window_s
+        self._queue: queue.Queue[GenJob | None] = queue.Queue()
+        self._closed = threading.Event()
+        self.stats = BatchStats()
+        self._thread = threading.Thread(target=self._loop, name="posttrain-serve-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> concurrent.futures.Future:
+        if self._closed.is_set():
+            raise RuntimeError("the generation worker is shut down")
+        job = GenJob(list(prompt_ids), params, concurrent.futures.Future())
+        self._queue.put(job)
+        return job.future
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _collect(self, first: GenJob) -> list[GenJob]:
+        batch = [first]
+        deadline = time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            try:  # whatever is already queued joins without waiting
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if job is None:
+                self._queue.put(None)  # keep the shutdown marker for the loop
+                break
+            batch.append(job)
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
+            if batch:
+                self._run(batch)
+        while True:  # fail whatever is still queued after shutdown
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("server shutting down"))
+
+    def _run(self, batch: list[GenJob]) -> None:
+        start = time.perf_counter()
+        try:
+            results = self._generate(batch)
+        except Exception as e:  # noqa: BLE001 - one bad request must not fail its batch-mates
+            if len(batch) == 1:
+                batch[0].future.set_exception(e)
+                self.stats.failed_requests += 1
+                results = None
+            else:
+                results = None
+                for job in batch:
+                    self._run([job])
+        if results is not None:
+            for job, outs in zip(batch, results):
+                job.future.set_result(outs)
+                self.stats.generated_tokens += sum(len(o.token_ids) for o in outs)
+            self.stats.requests += len(batch)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.busy_seconds += time.perf_counter() - start
+
+    def _generate(self, batch: list[GenJob]) -> list[list[Completion]]:
+        params = []
+        for i, job in enumerate(batch):
+            p = job.params
+            if p.seed is not None:
+                p = dataclasses.replace(p, seed=_check_batch_seed(p.seed, i))
+            params.append(p)
+        outs = self._run_batch([j.prompt_ids for j in batch], params)
+        grouped: list[list[Completion]] = [[] for _ in batch]
+        for o in outs:
+            grouped[o.prompt_index].append(o)
+        assert all(len(g) == j.params.n for g, j in zip(grouped, batch)), "engine lost a sample"
+        return grouped
+
+
+# ----------------------------------------------------------------------------------- service
+
+
+class ChatService:
+    """Chat template + tokenization + the batcher: everything the HTTP layer calls."""
+
+    def __init__(self, engine, tokenizer, name: str, *, max_batch: int = 32, batch_window_ms: float = 10.0,
+                 default_max_tokens: int = 512, max_n: int = 16, aliases: Sequence[str] = ()):
+        import torch
+
+        self.engine, self.tokenizer, self.name = engine, tokenizer, name
+        self.names = {name, *aliases}
+        self.default_max_tokens, self.max_n = default_max_tokens, max_n
+        self.context = int(engine.backend.max_positions)
+        self.created = int(time.time())
+
+        def run_batch(prompts, params):
+            with torch.no_grad():
+                return engine.generate(prompts, params)
+
+        self.batcher = Batcher(run_batch, max_batch, batch_window_ms / 1000.0)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> concurrent.futures.Future:
+        return self.batcher.submit(prompt_ids, params)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def load_service(cfg: ServeConfig) -> ChatService:
+    import torch
+
+    from posttrain.models import default_dtype, load_model, load_tokenizer, parse_dtype
+    from posttrain.rollout.engine import Engine
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = default_dtype(device) if cfg.dtype == "auto" else parse_dtype(cfg.dtype)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
+    model = load_model(cfg.model, dtype=dtype, device=device).eval()
+    engine = Engine(model, tokenizer, backend=cfg.backend, max_batch_size=cfg.engine_rows)
+    return ChatService(engine, tokenizer, cfg.name, max_batch=cfg.max_batch, batch_window_ms=cfg.batch_window_ms,
+                       default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n, aliases=(cfg.model,))
+
+
+# ----------------------------------------------------------------------------------- HTTP layer
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+
+
+def error_body(message: str, param: str | None = None, kind: str = "invalid_request_error",
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The accepted subset of OpenAI's chat request; any other field is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)  # not OpenAI's; vLLM's extension
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    user: str | None = None
+
+
+def to_chat_messages(messages) -> list[dict]:
+    out = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    return out
+
+
+def sampling_params(req, service: ChatService) -> SamplingParams:
+    """Map an OpenAI request onto SamplingParams; APIError(400) naming the field when unsupported."""
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(req, name):
+            raise APIError(400, f"{name} is not supported by this server (only 0)", name)
+    if req.max_tokens is not None and req.max_completion_tokens is not None \
+            and req.max_tokens != req.max_completion_tokens:
+        raise APIError(400, "max_tokens and max_completion_tokens disagree; give one", "max_tokens")
+    n = req.n or 1
+    if n > service.max_n:
+        raise APIError(400, f"n={n} exceeds this server's limit of {service.max_n}", "n")
+    stop = req.stop
+    stop = () if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
+    if any(not s for s in stop):
+        raise APIError(400, "stop strings must be non-empty", "stop")
+    return SamplingParams(
+        max_new_tokens=req.max_completion_tokens or req.max_tokens or service.default_max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        n=n,
+        stop=stop,
+        seed=req.seed,
+        logprobs=False,
+    )
+
+
+def finish_reason(c: Completion) -> str:
+    return "length" if c.finish_reason == "length" else "stop"
+
+
+def completion_body(rid: str, created: int, model: str, outs: list[Completion], prompt_tokens: int) -> dict:
+    completion_tokens = sum(len(o.token_ids) for o in outs)
+    return {
+        "id": rid, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": o.sample_index, "message": {"role": "assistant", "content": o.text},
+                     "logprobs": None, "finish_reason": finish_reason(o)} for o in outs],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def text_pieces(tokenizer, token_ids: list[int], final_text: str) -> list[str]:
+    """Split `final_text` at token boundaries for streaming; the pieces always concatenate to it.
+
+    Incremental detokenization: a piece is emitted once the decoded text grows without ending in a
+    partial UTF-8 character; the tail (after a stop string cut, or what decoding merges) is clipped
+    to the engine's final text."""
+    pieces, prefix, read = [], 0, 0
+    for k in range(1, len(token_ids) + 1):
+        before = tokenizer.decode(token_ids[prefix:read], skip_special_tokens=True)
+        now = tokenizer.decode(token_ids[prefix:k], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd") and now.startswith(before):
+            pieces.append(now[len(before):])
+            prefix, read = read, k
+    out, pos = [], 0
+    for p in pieces:
+        if not final_text.startswith(p, pos):
+            break
+        out.append(p)
+        pos += len(p)
+    if pos < len(final_text):
+        out.append(final_text[pos:])
+    return out
+
+
+def stream_events(service: ChatService, rid: str, created: int, outs: list[Completion], prompt_tokens: int,
+                  include_usage: bool) -> list[str]:
+    """The SSE `data:` lines of a streamed response, ending with `[DONE]`."""
+    def chunk(choices, usage=None):
+        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": service.name,
+                "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    events = []
+    for o in outs:
+        i = o.sample_index
+        events.append(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+        for piece in text_pieces(service.tokenizer, o.token_ids, o.text):
+            events.append(chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}]))
+        events.append(chunk([{"index": i, "delta": {}, "finish_reason": finish_reason(o)}]))
+    if include_usage:
+        completion_tokens = sum(len(o.token_ids) for o in outs)
+        events.append(chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}))
+    events.append("data: [DONE]\n\n")
+    return events
+
+
+def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """A one-line message and the offending field from pydantic's error list."""
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    if e.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {e.get('msg', '')}", None
+    # pydantic adds the union member tried (e.g. 'str', 'list[TextPart]') to the location
+    loc = [x for x in loc if not (x in ("str", "list[TextPart]", "TextPart") or x.startswith(("list[", "function-")))]
+    param = ".".join(loc) or None
+    message = f"{param}: {e.get('msg', 'invalid value')}" if param else e.get("msg", "invalid request")
+    if e.get("type") == "extra_forbidden":
+        message = f"{param}: unknown or unsupported parameter"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return message, param
+
+
+def create_app(service: ChatService, api_key: str | None = None):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(title="posttrain serve", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(list(exc.errors()))
+        return JSONResponse(error_body(message, param), status_code=400)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return JSONResponse(error_body(exc.message, exc.param, exc.kind, exc.code), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return JSONResponse(error_body("invalid or missing API key", kind="authentication_error",
+                                               code="invalid_api_key"), status_code=401)
+        return await call_next(request)
+
+    def model_card() -> dict:
+        return {"id": service.name, "object": "model", "created": service.created, "owned_by": "posttrain",
+                "max_model_len": service.context}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats():
+        return dataclasses.asdict(service.batcher.stats)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id not in service.names:
+            raise APIError(404, f"model {model_id!r} not found; this server has {service.name!r}", "model",
+                           code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        if req.model not in service.names:
+            raise APIError(404, f"model {req.model!r} not found; this server has {service.name!r}", "model",
+                           code="model_not_found")
+        params = sampling_params(req, service)
+        try:
+            prompt_ids = service.encode_chat(to_chat_messages(req.messages))
+        except Exception as e:  # noqa: BLE001 - a template may reject a role order, etc.
+            raise APIError(400, f"cannot apply the chat template: {e}", "messages") from None
+        if len(prompt_ids) >= service.context:
+            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; the model's context is "
+                                f"{service.context}", "messages", code="context_length_exceeded")
+        try:
+            outs = await asyncio.wrap_future(service.submit(prompt_ids, params))
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        except RuntimeError as e:
+            raise APIError(503, str(e), kind="server_error") from None
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not req.stream:
+            return completion_body(rid, created, service.name, outs, len(prompt_ids))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = stream_events(service, rid, created, outs, len(prompt_ids), include_usage)
+
+        async def gen():
+            for e in events:
+                yield e
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    return app
+
+
+# ----------------------------------------------------------------------------------- running
+
+
+class ServerHandle:
+    """An ASGI app served by uvicorn on a background thread (tests, and the local endpoints of
+    synth/prefs). `close()` stops the server, then calls `on_close` (e.g. the service's)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 on_close: Callable[[], None] | None = None, model: str = ""):
+        import uvicorn
+
+        self.model, self._on_close = model, on_close
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self.host, self.port = host, sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="posttrain-serve-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError(f"the server on {self.host}:{self.port} did not start")
+            time.sleep(0.01)
+
+    @classmethod
+    def for_service(cls, service: ChatService, host: str = "127.0.0.1", port: int = 0,
+                    api_key: str | None = None, log_level: str = "warning") -> "ServerHandle":
+        return cls(create_app(service, api_key), host, port, log_level, on_close=service.close, model=service.name)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
+        if self._on_close is not None:
+            self._on_close()
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def start_server(cfg: ServeConfig) -> ServerHandle:
+    """Load the checkpoint and serve it from a background thread; `close()` stops it."""
+    cfg.validate()
+    return ServerHandle.for_service(load_service(cfg), cfg.host, cfg.port, cfg.api_key, cfg.log_level)
+
+
+def main(cfg: ServeConfig) -> int:
+    import uvicorn
+
+    cfg.validate()
+    service = load_service(cfg)
+    print(f"posttrain serve: {cfg.name} ({service.engine.backend_name} backend, {service.engine.device}, "
+          f"context {service.context}) on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    try:
+        uvicorn.run(create_app(service, cfg.api_key), host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    finally:
+        service.close()
+    return 0

@@ -1,0 +1,278 @@
+"""`posttrain serve`: OpenAI-compatible responses that match direct engine calls, streaming,
+batching under 64 concurrent requests, seeds independent of the batch, and 4xx errors."""
+
+import asyncio
+import concurrent.futures
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from posttrain.rollout import Engine, SamplingParams
+from posttrain.rollout.sampling import sequence_key
+from posttrain.rollout.server import Batcher, ChatService, ServerHandle, batch_seed, text_pieces
+from conftest import REPO, subprocess_env
+
+NAME = "tiny-chat"
+
+
+def untied_tiny(tokenizer, seed=0):
+    """A tiny random Llama whose greedy output depends on the prompt (a tied one just echoes "\\n")."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return untied_tiny(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def server(model, tokenizer):
+    service = ChatService(Engine(model, tokenizer), tokenizer, NAME, max_batch=64, batch_window_ms=20)
+    with ServerHandle.for_service(service) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def reference(model, tokenizer):
+    """Direct engine calls on the chat-templated prompt: what the server must return."""
+    engine = Engine(model, tokenizer)
+
+    def run(messages, params):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids, engine.generate([ids], params)
+    return run
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def post(server, body, **kw):
+    return httpx.post(server.base_url + "/chat/completions", json=body, timeout=120, **kw)
+
+
+def test_models_endpoint(server):
+    r = httpx.get(server.base_url + "/models")
+    assert r.status_code == 200
+    assert [m["id"] for m in r.json()["data"]] == [NAME]
+    assert httpx.get(f"{server.base_url}/models/{NAME}").json()["id"] == NAME
+    missing = httpx.get(f"{server.base_url}/models/other")
+    assert missing.status_code == 404 and "other" in missing.json()["error"]["message"]
+
+
+def test_greedy_response_equals_engine_call(server, reference):
+    msgs = user("Name three rivers in Europe.")
+    r = post(server, {"model": NAME, "messages": msgs, "temperature": 0, "max_tokens": 7})
+    assert r.status_code == 200
+    body = r.json()
+    ids, (ref,) = reference(msgs, SamplingParams(temperature=0, max_new_tokens=7))
+    assert body["object"] == "chat.completion" and body["model"] == NAME
+    (choice,) = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": ref.text}
+    assert choice["finish_reason"] == ("length" if ref.finish_reason == "length" else "stop")
+    assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(ref.token_ids),
+                             "total_tokens": len(ids) + len(ref.token_ids)}
+
+
+def _sse(text):
+    lines = [ln for ln in text.split("\n") if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(ln[6:]) for ln in lines[:-1]]
+
+
+def test_streaming_chunks_concatenate_to_the_completion(server, reference):
+    msgs = user("Write a haiku about rain.")
+    body = {"model": NAME, "messages": msgs, "temperature": 0.9, "seed": 11, "max_tokens": 9, "n": 2,
+            "stream": True, "stream_options": {"include_usage": True}}
+    r = post(server, body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    chunks = _sse(r.text)
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    ids, refs = reference(msgs, SamplingParams(temperature=0.9, seed=11, max_new_tokens=9, n=2))
+    for ref in refs:
+        mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == ref.sample_index]
+        assert mine[0]["delta"]["role"] == "assistant"
+        assert "".join(ch["delta"].get("content", "") for ch in mine) == ref.text
+        assert len(mine) >= 3 and mine[-1]["finish_reason"] == "length"  # 9 tokens, budget 9
+    assert refs[0].text != refs[1].text
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and usage["completion_tokens"] == 18 and usage["prompt_tokens"] == len(ids)
+
+
+def test_stop_string_cuts_the_text(server, reference):
+    msgs = user("Count from one to ten.")
+    _, (full,) = reference(msgs, SamplingParams(temperature=0, max_new_tokens=8))
+    stop = full.text[len(full.text) // 2:][:4]  # a piece from the middle of the greedy output
+    assert stop.strip()
+    r = post(server, {"model": NAME, "messages": msgs, "temperature": 0, "max_tokens": 8, "stop": [stop]})
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == full.text[:full.text.index(stop)]
+    assert choice["finish_reason"] == "stop"
+
+
+def test_64_concurrent_requests_all_answered_and_matched(server, reference):
+    """Half greedy, half seeded sampling, all different prompts, sent at once through the openai
+    client; every reply must equal a direct engine call on its own prompt (the seeded ones alone,
+    so the batch position must not change the sample)."""
+    import openai
+
+    jobs = [(user(f"Request {i}: tell me about topic number {i * 13 % 64}."),
+             {"temperature": 0} if i % 2 == 0 else {"temperature": 1.0, "seed": 1000 + i}) for i in range(64)]
+    before = httpx.get(f"http://{server.host}:{server.port}/stats").json()
+
+    async def fire():
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
+        try:
+            return await asyncio.gather(*(client.chat.completions.create(model=NAME, messages=m, max_tokens=5, **kw)
+                                          for m, kw in jobs))
+        finally:
+            await client.close()
+
+    replies = asyncio.run(fire())
+    after = httpx.get(f"http://{server.host}:{server.port}/stats").json()
+    assert len(replies) == 64 and len({r.id for r in replies}) == 64
+    greedy = [reference(m, SamplingParams(temperature=0, max_new_tokens=5))[1][0].text for m, kw in jobs[::2]]
+    seeded = [reference(m, SamplingParams(temperature=1.0, seed=kw["seed"], max_new_tokens=5))[1][0].text
+              for m, kw in jobs[1::2]]
+    assert [r.choices[0].message.content for r in replies[::2]] == greedy
+    assert [r.choices[0].message.content for r in replies[1::2]] == seeded
+    assert len(set(seeded)) == 32  # sampled texts differ, so a swapped reply could not pass
+    assert after["requests"] - before["requests"] == 64 and after["failed_requests"] == before["failed_requests"]
+    assert after["batches"] - before["batches"] < 64 and after["largest_batch"] > 1  # requests were batched
+
+
+BAD_REQUESTS = [
+    ({"model": NAME, "messages": []}, 400, "messages"),
+    ({"model": NAME}, 400, "messages"),
+    ({"messages": user("hi")}, 400, "model"),
+    ({"model": NAME, "messages": [{"role": "tool", "content": "x"}]}, 400, "messages.0.role"),
+    ({"model": NAME, "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
+    ({"model": NAME, "messages": user("hi"), "temperature": 3}, 400, "temperature"),
+    ({"model": NAME, "messages": user("hi"), "top_p": 0}, 400, "top_p"),
+    ({"model": NAME, "messages": user("hi"), "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": NAME, "messages": user("hi"), "n": 100}, 400, "n"),
+    ({"model": NAME, "messages": user("hi"), "stop": [""]}, 400, "stop"),
+    ({"model": NAME, "messages": user("hi"), "tools": []}, 400, "tools"),
+    ({"model": NAME, "messages": user("hi"), "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"model": NAME, "messages": user("word " * 600)}, 400, "context"),
+    ({"model": "gpt-4o", "messages": user("hi")}, 404, "gpt-4o"),
+    ([1, 2], 400, "body"),
+]
+
+
+@pytest.mark.parametrize("body, status, needle", BAD_REQUESTS)
+def test_malformed_requests_get_4xx_naming_the_problem(server, body, status, needle):
+    r = post(server, body)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert needle in err["message"] or needle == err["param"], err
+
+
+def test_invalid_json_and_unknown_route(server):
+    r = httpx.post(server.base_url + "/chat/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = httpx.get(server.base_url + "/nothing-here")
+    assert r.status_code == 404 and "message" in r.json()["error"]
+
+
+def test_api_key_is_enforced(model, tokenizer):
+    service = ChatService(Engine(model, tokenizer), tokenizer, NAME)
+    with ServerHandle.for_service(service, api_key="sekrit") as handle:
+        body = {"model": NAME, "messages": user("hi"), "max_tokens": 2}
+        assert httpx.post(handle.base_url + "/chat/completions", json=body).status_code == 401
+        ok = httpx.post(handle.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer sekrit"})
+        assert ok.status_code == 200
+
+
+# ----------------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize("index", [0, 1, 5, 63])
+def test_batch_seed_reproduces_the_stream_of_prompt_zero(index):
+    for seed in (0, 7, 2**40 + 3, -5):
+        for sample in (0, 3):
+            assert sequence_key(batch_seed(seed, index), index, sample) == sequence_key(seed % 2**64, 0, sample)
+
+
+def _fake_run(prompts, params):
+    """Stands in for Engine.generate: echoes each prompt's tokens; prompt [666] fails the batch."""
+    from posttrain.rollout.engine import Completion
+
+    if [666] in prompts:
+        raise ValueError("poisoned prompt")
+    return [Completion(i, j, p, list(p), [], f"{p}/{j}", "length")
+            for i, (p, sp) in enumerate(zip(prompts, params)) for j in range(sp.n)]
+
+
+def test_batcher_groups_requests_and_isolates_a_failing_one():
+    calls = []
+
+    def run(prompts, params):
+        calls.append(len(prompts))
+        return _fake_run(prompts, params)
+
+    batcher = Batcher(run, max_batch=8, window_s=0.2)
+    try:
+        futures = [batcher.submit([i], SamplingParams(n=1 + i % 2)) for i in range(5)]
+        bad = batcher.submit([666], SamplingParams())
+        results = [f.result(timeout=10) for f in futures]
+        with pytest.raises(ValueError, match="poisoned"):
+            bad.result(timeout=10)
+    finally:
+        batcher.close()
+    assert [[c.text for c in r] for r in results] == [["[0]/0"], ["[1]/0", "[1]/1"], ["[2]/0"],
+                                                      ["[3]/0", "[3]/1"], ["[4]/0"]]
+    # all six arrived within the window: one batch, which failed and was rerun one request at a time
+    assert calls == [6, 1, 1, 1, 1, 1, 1]
+    assert batcher.stats.requests == 5 and batcher.stats.failed_requests == 1
+
+
+def test_batcher_respects_max_batch():
+    sizes = []
+    gate = threading.Event()
+
+    def run(prompts, params):
+        gate.wait(10)
+        sizes.append(len(prompts))
+        return _fake_run(prompts, params)
+
+    batcher = Batcher(run, max_batch=3, window_s=0.05)
+    try:
+        futures = [batcher.submit([i], SamplingParams()) for i in range(7)]
+        time.sleep(0.2)
+        gate.set()
+        concurrent.futures.wait(futures, timeout=10)
+    finally:
+        batcher.close()
+    assert sum(sizes) == 7 and max(sizes) == 3
+
+
+def test_text_pieces_concatenate_to_the_final_text(tokenizer):
+    ids = tokenizer("Grüße aus Köln! 🙂 Done. STOP here", add_special_tokens=False)["input_ids"]
+    full = tokenizer.decode(ids)
+    pieces = text_pieces(tokenizer, ids, full)
+    assert "".join(pieces) == full and len(pieces) > 5
+    cut = full[:full.index(" STOP")]  # an engine text cut before a stop string
+    assert "".join(text_pieces(tokenizer, ids, cut)) == cut
+
+
+def test_cli_knows_serve():
+    out = subprocess.run([sys.executable, "-m", "posttrain.cli", "serve", "--help-config"], cwd=REPO,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "batch_window_ms" in out.stdout and "max_batch" in out.stdout
