@@ -34,6 +34,16 @@ def synthetic_rows(n: int) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
+    spinning against other jobs make them several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def pref_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("prefdata") / "pairs.jsonl"
@@ -43,7 +53,7 @@ def pref_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs(tokenizer):
-    rows = [PreferencePair([U(r["prompt"])], [A(r["chosen"])], [A(r["rejected"])]) for r in synthetic_rows(6)]
+    rows = [PreferencePair([U(r["prompt"])], [A(r["chosen"])], [A(r["rejected"])]) for r in synthetic_rows(4)]
     return tokenize_pairs(tokenizer, rows, 256)
 
 
@@ -227,6 +237,8 @@ def test_killed_dpo_run_resumes_to_the_same_curve(tiny_model_dir, pref_file, tmp
 # ---------------------------------------------------------------- reward model
 
 def test_score_matches_the_hf_classification_head(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
     from posttrain.data.preference import encode_conversation
     from posttrain.recipes.rm import load_reward_model, score
 
@@ -238,8 +250,11 @@ def test_score_matches_the_hf_classification_head(tiny_model_dir, tokenizer):
     width = max(map(len, ids))
     padded = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
     mask = (torch.arange(width)[None] < torch.tensor([len(x) for x in ids])[:, None]).long()
+    # what a user of the checkpoint runs: the plain HF class on a right-padded batch
+    hf_model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    hf_model.score.weight.data.copy_(model.score.weight.data)
     with torch.no_grad():
-        hf = model(input_ids=padded, attention_mask=mask).logits[:, 0]
+        hf = hf_model(input_ids=padded, attention_mask=mask).logits[:, 0]
     assert ours == pytest.approx(hf.tolist(), rel=1e-4, abs=1e-5)
     assert score(model, tokenizer, [tokenizer.apply_chat_template(convs[1], tokenize=False)]) == \
         pytest.approx(ours[1:2], rel=1e-5)

@@ -4,8 +4,6 @@ batching under 64 concurrent requests, seeds independent of the batch, and 4xx e
 import asyncio
 import concurrent.futures
 import json
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +14,6 @@ import torch
 from posttrain.rollout import Engine, SamplingParams
 from posttrain.rollout.sampling import sequence_key
 from posttrain.rollout.server import Batcher, ChatService, ServerHandle, batch_seed, text_pieces
-from conftest import REPO, subprocess_env
 
 NAME = "tiny-chat"
 
@@ -262,6 +259,27 @@ def test_batcher_respects_max_batch():
     assert sum(sizes) == 7 and max(sizes) == 3
 
 
+def test_batcher_keeps_collecting_a_trickling_burst():
+    sizes = []
+
+    def run(prompts, params):
+        sizes.append(len(prompts))
+        return _fake_run(prompts, params)
+
+    batcher = Batcher(run, max_batch=16, window_s=0.3)
+    try:
+        futures = []
+        for i in range(6):  # 0.5 s in all, longer than one window, but never a 0.3 s gap
+            futures.append(batcher.submit([i], SamplingParams()))
+            time.sleep(0.1)
+        concurrent.futures.wait(futures, timeout=10)
+        time.sleep(0.5)
+        batcher.submit([9], SamplingParams()).result(timeout=10)  # after a gap: its own batch
+    finally:
+        batcher.close()
+    assert sizes == [6, 1]
+
+
 def test_text_pieces_concatenate_to_the_final_text(tokenizer):
     ids = tokenizer("Grüße aus Köln! 🙂 Done. STOP here", add_special_tokens=False)["input_ids"]
     full = tokenizer.decode(ids)
@@ -269,10 +287,3 @@ def test_text_pieces_concatenate_to_the_final_text(tokenizer):
     assert "".join(pieces) == full and len(pieces) > 5
     cut = full[:full.index(" STOP")]  # an engine text cut before a stop string
     assert "".join(text_pieces(tokenizer, ids, cut)) == cut
-
-
-def test_cli_knows_serve():
-    out = subprocess.run([sys.executable, "-m", "posttrain.cli", "serve", "--help-config"], cwd=REPO,
-                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "batch_window_ms" in out.stdout and "max_batch" in out.stdout

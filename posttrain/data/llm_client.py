@@ -98,6 +98,10 @@ class LocalServer:
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
+                st = self._handle.service.batcher.stats
+                print(f"[posttrain] {self.checkpoint}: {st.requests} requests in {st.batches} engine calls "
+                      f"(largest {st.largest_batch}), {st.generated_tokens} tokens generated in "
+                      f"{st.busy_seconds:.0f} s busy", flush=True)
                 self._handle = None
 
 
@@ -238,7 +242,8 @@ class LLMClient:
     """Async chat calls against one endpoint, with a shared on-disk cache."""
 
     def __init__(self, endpoint: Endpoint, cache: ResponseCache | None = None, seed: int = 0):
-        self.endpoint, self.cache = endpoint, cache or ResponseCache(None)
+        self.endpoint = endpoint
+        self.cache = cache if cache is not None else ResponseCache(None)  # an empty cache is falsy
         # the HTTP client and the semaphore belong to one event loop: made on first use, dropped
         # by aclose(), so one LLMClient can serve several `run_calls`
         self._client = None

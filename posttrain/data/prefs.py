@@ -180,7 +180,7 @@ class PrefsConfig:
     judge_retries: int = field(2, "re-asks when a judge reply cannot be parsed, before counting it")
     min_margin: float = field(0.0, "rejected mean must be lower than chosen mean by more than this")
     max_prompt_chars: int = field(8000, "longer prompts are skipped")
-    out_dir: str = field("outputs/prefs", "output folder")
+    out_dir: str = field("runs/prefs", "output folder")
     seed: int = field(0, "seed for sampling and for the rejected draw")
 
     def validate(self) -> None:

@@ -94,7 +94,7 @@ class ConstraintType:
 
 
 def _quantity(q: str, n: int, unit: str) -> str:
-    return f"roughly {n} {unit} (within 10%)" if q == "around" and unit == "words" else f"{q} {n} {unit}"
+    return f"around {n} {unit} (within 10%)" if q == "around" and unit == "words" else f"{q} {n} {unit}"
 
 
 CONSTRAINT_TYPES: dict[str, ConstraintType] = {c.func_name: c for c in (
@@ -237,10 +237,12 @@ def rlvr_row(row_id: str, prompt: str, constraints: list[Constraint]) -> dict:
 # ----------------------------------------------------------------------------------- cleaning
 
 
-_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:new\s+)?(?:math\s+|word\s+|programming\s+|coding\s+)?"
-                    r"(?:problem|question|task|request|prompt|instruction)(?:\s+statement)?\s*\d*\s*:?\s*(?:\*\*)?"
-                    r"\s*:?\s*(?=\S)", re.IGNORECASE)
-_SOLUTION = re.compile(r"^\s*(?:#+\s*|\*\*)?\s*(?:solution|answer|hint|step 1|explanation)\b.*$",
+# "Problem:", "**Task 2:**", "### Question" + newline ...: a label the generator put before the text
+_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:\*\*)?(?:new\s+)?(?:(?:math|word|programming|coding)\s+)*"
+                    r"(?:problem|question|task|request|prompt|instruction)(?:\s+statement)?(?:\s*\d+)?"
+                    r"\s*(?:\*\*\s*:|:\s*\*\*|:|\*\*\s*\n|\n)\s*", re.IGNORECASE)
+# a solution the generator was asked not to write: "Solution:", "**Answer**:", "### Solution"
+_SOLUTION = re.compile(r"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:solution|answer|hint|explanation|step\s*1)\s*(?:\*\*)?\s*(?::|$)",
                        re.IGNORECASE | re.MULTILINE)
 
 
@@ -338,7 +340,7 @@ class SynthConfig:
     dedup_ngram: int = field(5, "n-gram size (decontam word tokens) for near-duplicates")
     verify_if_responses: bool = field(True, "keep `if` SFT rows only when the response passes its constraints")
     drop_truncated: bool = field(True, "drop responses cut off by max_tokens (finish_reason 'length')")
-    out_dir: str = field("outputs/synth", "output folder (sft.jsonl, rlvr.jsonl, prompts.jsonl, stats.json)")
+    out_dir: str = field("runs/synth", "output folder (sft.jsonl, rlvr.jsonl, prompts.jsonl, stats.json)")
     seed: int = field(0, "seed for constraints and sampling (changes every cache key)")
 
     def validate(self) -> None:

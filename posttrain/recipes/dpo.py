@@ -26,7 +26,7 @@ from posttrain.config import field
 from posttrain.data.packing import plan_micro_batches
 from posttrain.data.preference import PreferenceData, TokenizedPair, build_preference_splits, fingerprint_pairs, pack_pairs
 from posttrain.losses.dpo import LOSSES, REFERENCE_FREE, PreferenceLossFn, bind_preference_loss
-from posttrain.models import cache_dir, load_model, load_tokenizer, resolve_model_path
+from posttrain.models import cache_dir, load_tokenizer, resolve_model_path
 from posttrain.recipes.sft import step_indices
 from posttrain.train import checkpoint as ckpt
 from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, RunConfig, config_text,
@@ -35,8 +35,10 @@ from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, 
 from posttrain.train.dist import DistInfo, all_reduce_max, cleanup, init_distributed, print0
 from posttrain.train.metrics import MetricsLogger
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.parallel import model_state_dict, parallelize, sync_grads_context
-from posttrain.train.refcache import cache_key, compute_pair_logps, model_fingerprint, pair_logps, reference_logps
+from posttrain.train.parallel import (load_optimizer_state, model_state_dict, optimizer_state_dict, parallelize,
+                                      sync_grads_context)
+from posttrain.train.refcache import (cache_key, compute_pair_logps, model_fingerprint, pair_logps, reference_logps,
+                                      reshard)
 
 
 @dataclasses.dataclass
@@ -164,6 +166,7 @@ def evaluate(model, pairs, ref: Tensor | None, loss_fn, micro_batch_tokens: int,
         logps, lengths = pair_logps(model, pack_pairs([pairs[i] for i in idx]).to(info.device))
         sums += pair_stats(loss_on(loss_fn, logps, lengths, None if ref is None else ref[idx].to(info.device)),
                            logps, lengths)
+    reshard(model)
     model.train(was_training)
     return finish_stats(sums, len(pairs), info, prefix="eval/")
 
@@ -189,8 +192,8 @@ def reference_for_run(cfg: DPOConfig, policy, pairs: list[TokenizedPair], info: 
         log(f"[ref] computing reference log-probs of {len(pairs)} pairs with {ref_path} (no grad)")
         if ref_path == cfg.model.name_or_path and not resumed:
             return compute_pair_logps(policy, pairs, mbt, info)
-        ref_model = parallelize(load_model(ref_path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
-                                .to(info.device).requires_grad_(False), info)
+        ref_model = parallelize(load_for_training(cfg.model, info, dtype, init_from=ref_path).requires_grad_(False),
+                                info)
         try:
             return compute_pair_logps(ref_model, pairs, mbt, info)
         finally:
@@ -232,7 +235,7 @@ def main(cfg: DPOConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"], info)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
@@ -252,9 +255,7 @@ def main(cfg: DPOConfig) -> Path:
         log(f"[eval] before training: {_fmt(summary['eval_start'])}")
 
     logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main, tensorboard=cfg.run.tensorboard,
-                           desc="dpo")
-    if not cfg.run.progress and logger.bar is not None:
-        logger.bar.disable = True
+                           desc="dpo", progress=cfg.run.progress)
     t_start = time.time()
     last_eval: dict[str, float] = {}
     model.train()
@@ -306,8 +307,8 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 def save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, info):
     sd = model_state_dict(model, info)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": ckpt.rng_state()}
+    state = {"step": step, "optimizer": optimizer_state_dict(model, optimizer, info),
+             "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
     ckpt.save_checkpoint(run_dir, step, _unwrap(model), tokenizer, state, config_text(cfg),
                          cfg.checkpoint.keep_last, state_dict=sd, write=info.is_main)
 

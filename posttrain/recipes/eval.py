@@ -215,7 +215,7 @@ def run_task(task: Task, samples: list[Sample], engine, tokenizer, out_dir: Path
 # -- the whole evaluation --------------------------------------------------------------------------
 
 
-def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str] = DEFAULT_TASKS,
+def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Task] = DEFAULT_TASKS,
              limit: int | None = None, out_dir: str | Path | None = None, *, batch_size: int = 32,
              flush_every: int | None = None, max_new_tokens: int | None = None,
              data_paths: dict[str, str] | None = None, seed: int = 0, device: str = "auto",
@@ -229,8 +229,10 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str] = D
     `engine` (anything with `Engine.generate`'s signature) replaces the one built here.
     """
     start = time.perf_counter()
-    names = [t.strip().lower() for t in tasks]
-    task_objs = [get_task(n) for n in names]  # unknown names fail here, before anything loads
+    # unknown names fail here, before anything loads; Task objects (custom shots, scorer) pass through
+    task_objs = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    if len({t.name for t in task_objs}) != len(task_objs):
+        raise ValueError(f"tasks repeat a name: {[t.name for t in task_objs]}")
     data_paths = dict(data_paths or {})
     samples = {t.name: load_samples(t, data_paths.get(t.name), limit) for t in task_objs}
 

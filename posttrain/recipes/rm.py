@@ -32,7 +32,9 @@ from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, 
 from posttrain.train.dist import DistInfo, all_reduce_max, cleanup, init_distributed, print0
 from posttrain.train.metrics import MetricsLogger
 from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.parallel import model_state_dict, parallelize, sync_grads_context
+from posttrain.train.parallel import (load_optimizer_state, model_state_dict, optimizer_state_dict, parallelize,
+                                      sync_grads_context)
+from posttrain.train.refcache import reshard
 
 
 @dataclasses.dataclass
@@ -63,18 +65,23 @@ class RMConfig:
 # ---------------------------------------------------------------- model, forward, score()
 
 def load_reward_model(name_or_path: str, tokenizer=None, dtype: torch.dtype | str | None = None,
-                      device=None, attn_implementation: str | None = None):
+                      device=None, attn_implementation: str = "varlen"):
     """`AutoModelForSequenceClassification(num_labels=1)` from a causal LM or reward-model
-    checkpoint, with `pad_token_id` set (the HF class needs it to find the last real token)."""
+    checkpoint, with `pad_token_id` set (the HF class needs it to find the last real token).
+    `attn_implementation` as in `ModelConfig`: "varlen" (per-document attention for packed rows,
+    our default) or an HF implementation."""
     from transformers import AutoModelForSequenceClassification
 
-    kwargs = {"num_labels": 1, "dtype": parse_dtype(dtype) if isinstance(dtype, str) else (dtype or torch.float32)}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = {"num_labels": 1, "dtype": parse_dtype(dtype) if isinstance(dtype, str) else (dtype or torch.float32),
+              "attn_implementation": "sdpa" if attn_implementation == "varlen" else attn_implementation}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name_or_path), **kwargs)
     except OSError as e:
         raise ValueError(f"cannot load reward model from '{name_or_path}': {e}") from None
+    if attn_implementation == "varlen":
+        from posttrain.train.varlen_attn import register
+
+        model.set_attn_implementation(register())
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     if model.config.pad_token_id is None:
@@ -196,6 +203,7 @@ def evaluate(model, pairs, micro_batch_tokens: int, info: DistInfo) -> dict[str,
         chunk = [pairs[i] for i in groups[m]]
         rewards = pair_rewards(model, chunk, info.device)
         sums += pair_stats(bradley_terry_loss(rewards[:, 0], rewards[:, 1]), rewards, chunk)
+    reshard(model)
     model.train(was_training)
     return finish_stats(sums, len(pairs), info, prefix="eval/")
 
@@ -226,7 +234,7 @@ def main(cfg: RMConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"], info)
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
@@ -240,9 +248,7 @@ def main(cfg: RMConfig) -> Path:
         log(f"[eval] before training: {_fmt(summary['eval_start'])}")
 
     logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main, tensorboard=cfg.run.tensorboard,
-                           desc="rm")
-    if not cfg.run.progress and logger.bar is not None:
-        logger.bar.disable = True
+                           desc="rm", progress=cfg.run.progress)
     t_start = time.time()
     last_eval: dict[str, float] = {}
     model.train()
@@ -292,8 +298,8 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 def save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, info):
     sd = model_state_dict(model, info)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": ckpt.rng_state()}
+    state = {"step": step, "optimizer": optimizer_state_dict(model, optimizer, info),
+             "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
     ckpt.save_checkpoint(run_dir, step, _unwrap(model), tokenizer, state, config_text(cfg),
                          cfg.checkpoint.keep_last, state_dict=sd, write=info.is_main)
 

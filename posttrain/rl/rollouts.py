@@ -105,13 +105,15 @@ class RolloutSettings:
     truncated_reward: float | None = None
     rm_weight: float = 0.0
     log_samples: int = 2
+    ignore_eos: bool = False
 
 
 def generate_rollouts(engine: Engine, prompts: Sequence[Prompt], indices: Sequence[int], step: int, version: int,
                       seed: int, s: RolloutSettings, rm: RMScorer | None = None) -> RolloutBatch:
     """Sample `s.group_size` responses for each prompt in `indices` and score them."""
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                            n=s.group_size, stop=tuple(s.stop), seed=step_seed(seed, step), logprobs=True)
+                            n=s.group_size, stop=tuple(s.stop), seed=step_seed(seed, step), logprobs=True,
+                            ignore_eos=s.ignore_eos)
     t0 = time.perf_counter()
     outs = engine.generate([prompts[i].ids for i in indices], params)
     t1 = time.perf_counter()

@@ -14,6 +14,7 @@ are free and whatever the graph writes there is overwritten by the next prefill 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ def fast_path_unsupported_reason(model) -> str | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
         return "model has no .model.layers / .lm_head"
+    if getattr(cfg, "mlp_bias", False):
+        return "mlp_bias=True"
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"hidden_act {cfg.hidden_act!r} (only silu)"
     rope_type = getattr(getattr(inner, "rotary_emb", None), "rope_type", None)
@@ -99,6 +102,7 @@ class FastLlama:
         attn0 = model.model.layers[0].self_attn
         self.scaling = float(getattr(attn0, "scaling", self.head_dim ** -0.5))
         self.fuse = fuse_weights
+        self.lm_head_chunk = int(os.environ.get("POSTTRAIN_LM_HEAD_CHUNK", "0"))
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
@@ -248,7 +252,17 @@ class FastLlama:
         return qk[..., :H, :], qk[..., H:, :], v
 
     def _logits(self, x: Tensor) -> Tensor:
-        return F.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head, self.lm_head_bias)
+        h = rms_norm(x, self.final_norm, self.eps)
+        chunk = self.lm_head_chunk
+        if not chunk or chunk >= self.lm_head.shape[0]:
+            return F.linear(h, self.lm_head, self.lm_head_bias)
+        # CPU: a [vocab, hidden] weight streamed in slices that stay in cache multiplies faster
+        # than one call over the whole matrix, which MKL blocks poorly for a few rows
+        out = h.new_empty(*h.shape[:-1], self.lm_head.shape[0])
+        for s in range(0, self.lm_head.shape[0], chunk):
+            b = None if self.lm_head_bias is None else self.lm_head_bias[s:s + chunk]
+            out[..., s:s + chunk] = F.linear(h, self.lm_head[s:s + chunk], b)
+        return out
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], slots: list[int], sources: list[int]) -> Tensor:
@@ -324,7 +338,9 @@ class FastLlama:
         kv_len = max(pos) + 1
         assert kv_len <= self.max_len, "engine must stop sequences before the cache is full"
         if not self._pos_synced:  # positions live on the device; rewrite them only after changes
-            self._pos[:active].copy_(torch.tensor(pos))
+            # all rows: a graph for bucket b > active also reads the free rows' positions, which
+            # must stay inside the cache (free rows hold length 0)
+            self._pos.copy_(torch.tensor(self.lengths))
             self._pos_synced = True
         self._tok[:active].copy_(tokens)
         for i in range(active):

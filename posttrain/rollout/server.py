@@ -5,9 +5,10 @@
          "messages": [{"role": "user", "content": "Hi"}]}'
 
 Endpoints: `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /health`,
-`GET /stats`. Requests that arrive within `batch_window_ms` of each other (up to `max_batch`) are
-decoded by one engine call with per-request sampling settings; the engine holds one model and is
-not thread-safe, so every engine call runs on one worker thread. The engine returns whole
+`GET /stats`. Requests that queued while the previous engine call ran, and those arriving less than
+`batch_window_ms` apart after them (up to `max_batch`), are decoded by one engine call with
+per-request sampling settings. The engine holds one model and is not thread-safe, so every
+engine call runs on one worker thread. The engine returns whole
 completions, so a streamed response arrives in one burst when its batch finishes: the chunks have
 OpenAI's `chat.completion.chunk` shape, but time-to-first-token equals the full latency.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import dataclasses
 import json
 import queue
@@ -51,7 +53,8 @@ class ServeConfig:
     device: str = field("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     backend: Literal["auto", "fast", "hf"] = field("auto", "engine backend (see rollout/engine.py)")
     max_batch: int = field(32, "most requests decoded by one engine call")
-    batch_window_ms: float = field(10.0, "how long the first waiting request waits for others to join")
+    batch_window_ms: float = field(50.0, "a batch keeps collecting while requests arrive less than this apart "
+                                          "(at most 10 windows in all)")
     engine_rows: int = field(64, "KV-cache rows: sequences decoded together inside one engine call")
     default_max_tokens: int = field(512, "completion budget when a request gives no max_tokens")
     max_n: int = field(16, "largest `n` (samples per request) accepted")
@@ -116,6 +119,7 @@ class BatchStats:
     busy_seconds: float = 0.0
 
 
+_MAX_WAIT_WINDOWS = 10  # a batch waits at most this many windows for stragglers
 RunBatch = Callable[[list[list[int]], list[SamplingParams]], list[Completion]]
 
 
@@ -148,13 +152,18 @@ class Batcher:
         self._thread.join(timeout)
 
     def _collect(self, first: GenJob) -> list[GenJob]:
+        """`first` plus whatever is queued, then whatever arrives less than `window_s` after the
+        previous arrival (a burst of requests parsed one by one trickles in), for at most
+        `_MAX_WAIT_WINDOWS` windows in all."""
         batch = [first]
-        deadline = time.monotonic() + self.window_s
+        now = time.monotonic()
+        cap = now + self.window_s * _MAX_WAIT_WINDOWS
+        gap_end = now + self.window_s
         while len(batch) < self.max_batch:
             try:  # whatever is already queued joins without waiting
                 job = self._queue.get_nowait()
             except queue.Empty:
-                left = deadline - time.monotonic()
+                left = min(gap_end, cap) - time.monotonic()
                 if left <= 0:
                     break
                 try:
@@ -165,6 +174,7 @@ class Batcher:
                 self._queue.put(None)  # keep the shutdown marker for the loop
                 break
             batch.append(job)
+            gap_end = time.monotonic() + self.window_s
         return batch
 
     def _loop(self) -> None:
@@ -173,8 +183,10 @@ class Batcher:
             if first is None:
                 break
             batch = [j for j in self._collect(first) if j.future.set_running_or_notify_cancel()]
+            start = time.perf_counter()
             if batch:
                 self._run(batch)
+            self.stats.busy_seconds += time.perf_counter() - start
         while True:  # fail whatever is still queued after shutdown
             try:
                 job = self._queue.get_nowait()
@@ -184,26 +196,22 @@ class Batcher:
                 job.future.set_exception(RuntimeError("server shutting down"))
 
     def _run(self, batch: list[GenJob]) -> None:
-        start = time.perf_counter()
         try:
             results = self._generate(batch)
         except Exception as e:  # noqa: BLE001 - one bad request must not fail its batch-mates
-            if len(batch) == 1:
-                batch[0].future.set_exception(e)
-                self.stats.failed_requests += 1
-                results = None
-            else:
-                results = None
+            if len(batch) > 1:
                 for job in batch:
                     self._run([job])
-        if results is not None:
-            for job, outs in zip(batch, results):
-                job.future.set_result(outs)
-                self.stats.generated_tokens += sum(len(o.token_ids) for o in outs)
-            self.stats.requests += len(batch)
-            self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self.stats.busy_seconds += time.perf_counter() - start
+            else:
+                batch[0].future.set_exception(e)
+                self.stats.failed_requests += 1
+            return
+        for job, outs in zip(batch, results):
+            job.future.set_result(outs)
+            self.stats.generated_tokens += sum(len(o.token_ids) for o in outs)
+        self.stats.requests += len(batch)
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
 
     def _generate(self, batch: list[GenJob]) -> list[list[Completion]]:
         params = []
@@ -226,11 +234,14 @@ class Batcher:
 class ChatService:
     """Chat template + tokenization + the batcher: everything the HTTP layer calls."""
 
-    def __init__(self, engine, tokenizer, name: str, *, max_batch: int = 32, batch_window_ms: float = 10.0,
+    def __init__(self, engine, tokenizer, name: str, *, max_batch: int = 32, batch_window_ms: float = 50.0,
                  default_max_tokens: int = 512, max_n: int = 16, aliases: Sequence[str] = ()):
         import torch
 
-        self.engine, self.tokenizer, self.name = engine, tokenizer, name
+        self.engine, self.name = engine, name
+        # The engine decodes on the worker thread; a Rust tokenizer used from two threads at once
+        # can fail ("Already borrowed"), so the HTTP side encodes with its own copy.
+        self.tokenizer = copy.deepcopy(tokenizer)
         self.names = {name, *aliases}
         self.default_max_tokens, self.max_n = default_max_tokens, max_n
         self.context = int(engine.backend.max_positions)
@@ -434,7 +445,7 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     # pydantic adds the union member tried (e.g. 'str', 'list[TextPart]') to the location
     loc = [x for x in loc if not (x in ("str", "list[TextPart]", "TextPart") or x.startswith(("list[", "function-")))]
     param = ".".join(loc) or None
-    message = f"{param}: {e.get('msg', 'invalid value')}" if param else e.get("msg", "invalid request")
+    message = f"{param or 'request body'}: {e.get('msg', 'invalid value')}"
     if e.get("type") == "extra_forbidden":
         message = f"{param}: unknown or unsupported parameter"
     if len(errors) > 1:
@@ -540,6 +551,7 @@ class ServerHandle:
         import uvicorn
 
         self.model, self._on_close = model, on_close
+        self.service: ChatService | None = None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -558,7 +570,9 @@ class ServerHandle:
     @classmethod
     def for_service(cls, service: ChatService, host: str = "127.0.0.1", port: int = 0,
                     api_key: str | None = None, log_level: str = "warning") -> "ServerHandle":
-        return cls(create_app(service, api_key), host, port, log_level, on_close=service.close, model=service.name)
+        handle = cls(create_app(service, api_key), host, port, log_level, on_close=service.close, model=service.name)
+        handle.service = service
+        return handle
 
     @property
     def base_url(self) -> str:

@@ -71,8 +71,23 @@ def compute_pair_logps(model, pairs: Sequence[TokenizedPair], micro_batch_tokens
             progress(len(idx))
     if info.distributed:
         dist.all_reduce(out)
+    reshard(model)
     model.train(was_training)
     return out.cpu()
+
+
+def reshard(model) -> None:
+    """Return FSDP2 modules to their sharded state after a no-grad forward.
+
+    The root module keeps its parameters gathered after a forward (it expects a backward); without
+    a backward they stay gathered, so `model.parameters()` (an optimizer built next) and the
+    state-dict helpers would see the unsharded tensors. No-op without FSDP.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 # ---------------------------------------------------------------- fingerprints and the cache
