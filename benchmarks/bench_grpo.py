@@ -84,11 +84,12 @@ def run_trl(args, prompts: Path, out: Path) -> dict:
     config = GRPOConfig(
         output_dir=str(out), per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
         num_generations=args.group, max_completion_length=args.completion_len, max_steps=args.steps,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_ratio=0.0, max_grad_norm=1.0, beta=0.01,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, beta=0.01,
         epsilon=0.2, epsilon_high=0.272, loss_type="dapo", scale_rewards="group", num_iterations=1,
         temperature=1.0, generation_kwargs={"min_new_tokens": args.completion_len}, shuffle_dataset=False,
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=args.seed,
-        use_cpu=not cuda, bf16=cuda, model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
+        use_cpu=not cuda, bf16=cuda, gradient_checkpointing=False,  # TRL defaults to True; ours is off
+        model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
     )
     path = resolve_model_path(args.model)
     trainer = GRPOTrainer(model=path, reward_funcs=reward, args=config, train_dataset=ds,

@@ -132,8 +132,9 @@ def test_step_gradient_is_the_mean_over_all_pairs_of_the_step(pairs):
     logps = torch.stack([torch.stack([unpacked_logps(model, p.chosen), unpacked_logps(model, p.rejected)])
                          for p in pairs])
     lengths = torch.tensor([[p.chosen.num_trainable, p.rejected.num_trainable] for p in pairs], dtype=torch.float64)
-    out = loss_fn(policy_chosen_logps=logps[:, 0], policy_rejected_logps=logps[:, 1], ref_chosen_logps=ref[:, 0].double(),
-                  ref_rejected_logps=ref[:, 1].double(), chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1])
+    ref = ref.double()
+    out = loss_fn(policy_chosen_logps=logps[:, 0], policy_rejected_logps=logps[:, 1], ref_chosen_logps=ref[:, 0],
+                  ref_rejected_logps=ref[:, 1], chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1])
     out.losses.mean().backward()
     for a, b, p in zip(small, one, model.parameters()):
         assert torch.allclose(a, p.grad, rtol=1e-7, atol=1e-12)
@@ -202,8 +203,9 @@ def test_killed_dpo_run_resumes_to_the_same_curve(tiny_model_dir, pref_file, tmp
     from posttrain.recipes.dpo import DPOConfig, main
 
     steps = ["train.max_steps=8", "checkpoint.keep_last=5"]
-    main(load_config(DPOConfig, None, dpo_overrides(tiny_model_dir, pref_file, tmp_path / "full", tmp_path / "c1", steps)))
-    reference = rows(tmp_path / "full")
+    full = tmp_path / "full"
+    main(load_config(DPOConfig, None, dpo_overrides(tiny_model_dir, pref_file, full, tmp_path / "c1", steps)))
+    reference = rows(full)
 
     crashed = tmp_path / "crashed"
     cmd = [sys.executable, "-m", "posttrain.cli", "dpo",

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from posttrain.rollout import Engine, SamplingParams, generate
+from posttrain.rollout.engine import _fill_from_tail
 from posttrain.train.logprobs import token_logprobs
 
 EOS = 3
@@ -135,10 +136,11 @@ def test_length_is_capped_by_the_context_window(tiny):
         Engine(tiny).generate([list(range(64))], SamplingParams(max_new_tokens=1))
 
 
-def test_weight_updates_are_seen_by_an_existing_engine(tiny):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_weight_updates_are_seen_by_an_existing_engine(tiny, fuse):
     import copy
     model = copy.deepcopy(tiny)
-    engine = Engine(model)
+    engine = Engine(model, fuse_weights=fuse)
     params = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
     before = engine.generate(PROMPTS, params)
     with torch.no_grad():
@@ -193,6 +195,20 @@ def test_stop_string_cuts_text_and_trims_tokens(tok):
     assert len(out.logprobs) == n
 
 
+@pytest.mark.parametrize("stop, text", [("42", " The answer is "), ("is 4", " The answer "), ("answer is", " The "),
+                                        (".\n", " The answer is 42"), ("is ", " The answer "), ("é", " The answer is 42.\n\nQuestion: what next")])
+def test_stop_strings_of_every_shape(tok, stop, text):
+    # token boundaries inside, at the edge of and across the stop string; trailing space; a stop
+    # string that never occurs
+    prompt = "Q: 6*7?\nA:"
+    model, script = _scripted(tok, " The answer is 42.\n\nQuestion: what next", prompt, eos_after=True)
+    out = Engine(model, tok).generate([prompt], SamplingParams(temperature=0, max_new_tokens=40, stop=(stop,)))[0]
+    assert out.text == text
+    assert out.finish_reason == ("eos" if stop == "é" else "stop")
+    if out.finish_reason == "stop":
+        assert stop in tok.decode(out.token_ids) and stop not in tok.decode(out.token_ids[:-1])
+
+
 def test_eos_and_length_finish_reasons_and_text(tok):
     prompt = "Say hi."
     model, script = _scripted(tok, "Hi there!", prompt, eos_after=True)
@@ -239,3 +255,11 @@ def test_embedded_model_batched_greedy_matches_single(tok):
     with torch.no_grad():
         ref = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert batched[2].token_ids == ref[0, enc.input_ids.shape[1]:].tolist()
+
+
+def test_fill_from_tail_moves_only_as_many_rows_as_finished():
+    # rows 1 and 3 of 6 finished: rows 5 and 4 move into the holes, the rest stay put
+    assert _fill_from_tail([0, 2, 4, 5], 6) == [0, 5, 2, 4]
+    assert _fill_from_tail([0, 1, 2], 5) == [0, 1, 2]  # the tail finished: nothing moves
+    assert _fill_from_tail([3, 4], 5) == [4, 3]
+    assert _fill_from_tail([], 3) == []

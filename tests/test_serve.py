@@ -192,6 +192,8 @@ def test_api_key_is_enforced(model, tokenizer):
     with ServerHandle.for_service(service, api_key="sekrit") as handle:
         body = {"model": NAME, "messages": user("hi"), "max_tokens": 2}
         assert httpx.post(handle.base_url + "/chat/completions", json=body).status_code == 401
+        assert httpx.post(handle.base_url + "/chat/completions", json={"bad": 1}).status_code == 401  # auth first
+        assert httpx.get(handle.base_url + "/models").status_code == 401
         ok = httpx.post(handle.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer sekrit"})
         assert ok.status_code == 200
 
@@ -287,3 +289,39 @@ def test_text_pieces_concatenate_to_the_final_text(tokenizer):
     assert "".join(pieces) == full and len(pieces) > 5
     cut = full[:full.index(" STOP")]  # an engine text cut before a stop string
     assert "".join(text_pieces(tokenizer, ids, cut)) == cut
+
+
+class GateEngine:
+    """Engine stand-in whose generate() blocks until released and records what it ran."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.backend = SimpleNamespace(max_positions=4096)
+        self.gate, self.ran = threading.Event(), []
+
+    def generate(self, prompts, params):
+        from posttrain.rollout.engine import Completion
+
+        self.gate.wait(30)
+        self.ran.append(len(prompts))
+        return [Completion(i, j, p, [5], [], "ok", "length") for i, (p, sp) in enumerate(zip(prompts, params))
+                for j in range(sp.n)]
+
+
+def test_a_request_abandoned_while_queued_costs_no_engine_time(tokenizer):
+    engine = GateEngine()
+    service = ChatService(engine, tokenizer, NAME, batch_window_ms=1)
+    body = {"model": NAME, "messages": user("hi"), "max_tokens": 2}
+    with ServerHandle.for_service(service) as handle:
+        url = handle.base_url + "/chat/completions"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, url, json=body, timeout=60)  # occupies the engine
+            time.sleep(0.5)
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url, json=body, timeout=1.0)  # queued behind it; the client gives up
+            time.sleep(2.5)  # the server notices the disconnect (it polls every second)
+            engine.gate.set()
+            assert first.result().status_code == 200
+        time.sleep(0.3)
+    assert engine.ran == [1] and service.batcher.stats.requests == 1

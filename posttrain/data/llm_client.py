@@ -44,7 +44,9 @@ class EndpointConfig:
     max_concurrency: int = field(16, "requests in flight at once")
     max_retries: int = field(4, "retries of a failed call (connection errors, timeouts, 429, 5xx)")
     backoff_s: float = field(1.0, "first retry delay; doubles each retry, with jitter, capped at 60 s")
-    timeout_s: float = field(600.0, "seconds before one request times out")
+    timeout_s: float = field(600.0, "seconds before a request to base_url times out and is retried (local "
+                                    "checkpoints wait without limit: a big CPU batch can take longer, and a "
+                                    "re-sent request would only queue behind its abandoned twin)")
     temperature: float = field(0.7, "sampling temperature")
     top_p: float = field(1.0, "nucleus sampling mass")
     max_tokens: int = field(512, "completion budget per call")
@@ -67,9 +69,13 @@ class LocalServer:
     """A checkpoint served by `posttrain serve` on a loopback port, started on first use, so a
     re-run whose calls are all cached never loads the model."""
 
+    # A pipeline sends its calls in one burst, which a busy CPU parses one by one; a long batching
+    # window (it only delays the first call) keeps the burst in one engine call.
+    SERVE_DEFAULTS = {"batch_window_ms": 500.0}
+
     def __init__(self, checkpoint: str, chat_template: str = "model", serve_overrides: dict | None = None):
         self.checkpoint, self.chat_template = checkpoint, chat_template
-        self.serve_overrides = dict(serve_overrides or {})
+        self.serve_overrides = {**self.SERVE_DEFAULTS, **(serve_overrides or {})}
         self._lock = threading.Lock()
         self._handle = None
 
@@ -300,8 +306,9 @@ class LLMClient:
             cfg = self.endpoint.config
             self._sem = asyncio.Semaphore(cfg.max_concurrency)
             # our own retry loop (counted, with backoff); the SDK's would hide attempts from us
+            timeout = None if self.endpoint.local is not None else cfg.timeout_s
             self._client = openai.AsyncOpenAI(base_url=base_url, api_key=self.endpoint.api_key,
-                                              timeout=cfg.timeout_s, max_retries=0)
+                                              timeout=timeout, max_retries=0)
 
     async def aclose(self) -> None:
         if self._client is not None:

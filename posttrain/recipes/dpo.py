@@ -24,7 +24,8 @@ from torch import Tensor
 
 from posttrain.config import field
 from posttrain.data.packing import plan_micro_batches
-from posttrain.data.preference import PreferenceData, TokenizedPair, build_preference_splits, fingerprint_pairs, pack_pairs
+from posttrain.data.preference import (PreferenceData, TokenizedPair, build_preference_splits, fingerprint_pairs,
+                                       pack_pairs)
 from posttrain.losses.dpo import LOSSES, REFERENCE_FREE, PreferenceLossFn, bind_preference_loss
 from posttrain.models import cache_dir, load_tokenizer, resolve_model_path
 from posttrain.recipes.sft import step_indices
@@ -280,7 +281,7 @@ def main(cfg: DPOConfig) -> Path:
                "grad_norm": float(grad_norm), "pairs": len(idx), "pairs_per_s": len(idx) / dt,
                "tokens_per_s": n_tokens / dt, "micro_batches": n_micro, "elapsed_s": time.time() - t_start}
         done = step + 1
-        if eval_pairs and (done == total_steps or (cfg.train.eval_every_steps and done % cfg.train.eval_every_steps == 0)):
+        if eval_pairs and (done == total_steps or _every(done, cfg.train.eval_every_steps)):
             last_eval = run_eval()
             row.update(last_eval)
         logger.log(done, row)
@@ -299,6 +300,10 @@ def main(cfg: DPOConfig) -> Path:
         log(f"[dpo] done: {total_steps} steps; model saved to {final}")
     cleanup(info)
     return final
+
+
+def _every(step: int, n: int) -> bool:
+    return bool(n) and step % n == 0
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -122,7 +123,7 @@ class PPOConfig:
     lam: float = field(0.95, "GAE lambda")
     value_clip: float = field(0.2, "value clipping range")
     value_coef: float = field(0.1, "value-loss coefficient")
-    value_lr: float | None = field(None, "value model learning rate (default: optim.lr)")
+    value_lr: float | None = field(None, "value model learning rate, constant (default: optim.lr)")
     whiten_advantages: bool = field(True, "whiten advantages over the batch")
 
 
@@ -160,11 +161,10 @@ class RLVRConfig:
 
 # ---------------------------------------------------------------- building blocks
 
-def load_prompts(paths: list[str], data: RLVRData, tokenizer, log, limit: int | None = None) -> list[Prompt]:
+def load_prompts(paths: list[str], data: RLVRData, tokenizer, log, limit: int | None) -> list[Prompt]:
     rows, stats = [], LoadStats()
     for path in paths:
-        rows += load_rlvr_rows(path, limit if limit is not None else data.limit, data.on_error, stats,
-                               data.gsm8k_instruction)
+        rows += load_rlvr_rows(path, limit, data.on_error, stats, data.gsm8k_instruction)
     prompts = encode_prompts(tokenizer, rows, data.max_prompt_length, stats)
     stats.kept = len(prompts)
     log(f"[data] {', '.join(paths)}: {stats.summary()}")
@@ -278,7 +278,7 @@ def main(cfg: RLVRConfig) -> Path:
     device = info.device
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)
-    prompts = load_prompts(cfg.data.paths, cfg.data, tokenizer, log)
+    prompts = load_prompts(cfg.data.paths, cfg.data, tokenizer, log, cfg.data.limit)
     P, k = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     if len(prompts) < P:
         raise ValueError(f"{len(prompts)} prompts but rollout.prompts_per_step={P}")
@@ -366,7 +366,9 @@ def main(cfg: RLVRConfig) -> Path:
                                   cfg.optim.max_grad_norm, seed=cfg.run.seed * 100003 + step)
             lr = scheduler.get_last_lr()[0]
             stats = step_fn(cfg, batch, policy, ref, optimizer, loss, passes, device, **extra)
-            scheduler.step()
+            with warnings.catch_warnings():  # a step whose groups were all filtered made no update
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
             if worker:
                 worker.push_weights(step + 1, policy)
             t2 = time.perf_counter()

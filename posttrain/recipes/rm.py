@@ -271,7 +271,7 @@ def main(cfg: RMConfig) -> Path:
                "grad_norm": float(grad_norm), "pairs": len(idx), "pairs_per_s": len(idx) / dt,
                "micro_batches": n_micro, "elapsed_s": time.time() - t_start}
         done = step + 1
-        if eval_pairs and (done == total_steps or (cfg.train.eval_every_steps and done % cfg.train.eval_every_steps == 0)):
+        if eval_pairs and (done == total_steps or _every(done, cfg.train.eval_every_steps)):
             last_eval = evaluate(model, eval_pairs, cfg.train.micro_batch_tokens, info)
             row.update(last_eval)
         logger.log(done, row)
@@ -290,6 +290,10 @@ def main(cfg: RMConfig) -> Path:
         log(f"[rm] done: {total_steps} steps; reward model saved to {final}")
     cleanup(info)
     return final
+
+
+def _every(step: int, n: int) -> bool:
+    return bool(n) and step % n == 0
 
 
 def _fmt(metrics: dict[str, float]) -> str:

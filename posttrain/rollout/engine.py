@@ -88,14 +88,14 @@ class Engine:
     backend: "auto" (fast path when the architecture allows), "fast" or "hf".
     max_batch_size: cache rows, i.e. sequences decoded together.
     cuda_graphs: capture decode steps as CUDA graphs (default: on for CUDA models, fast path).
-    fuse_weights: keep fused QKV / gate-up copies of the weights (faster; refreshed when the
-        model's parameters change in place, e.g. after an optimizer step).
+    fuse_weights: keep fused QKV / gate-up copies of the weights (default: on CUDA only; they
+        are refreshed when the model's parameters change in place, e.g. after an optimizer step).
     overlap: keep one decode step in flight while the host reads the previous one (default: on
         for CUDA; on CPU it only costs one wasted row-step per sequence).
     """
 
     def __init__(self, model, tokenizer=None, *, backend: str = "auto", max_batch_size: int = 64,
-                 cuda_graphs: bool | None = None, fuse_weights: bool = True,
+                 cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
                  prefill_token_budget: int | None = None, overlap: bool | None = None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"Engine backend must be 'auto', 'fast' or 'hf', got {backend!r}")
@@ -115,6 +115,7 @@ class Engine:
         self.prefill_token_budget = prefill_token_budget or (32768 if self.device.type == "cuda" else 4096)
         self.default_stop_ids = default_stop_token_ids(model, tokenizer)
         self.overlap = self.device.type == "cuda" if overlap is None else overlap
+        self._pieces: dict[tuple[int, bool], str] = {}  # token id -> its text alone, for stop checks
         self.stats = GenerationStats()
 
     @property
@@ -348,8 +349,28 @@ class Engine:
     def _decode_text(self, s: _Seq, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=s.params.skip_special_tokens)
 
+    def _piece(self, token: int, skip_special: bool) -> str:
+        key = (token, skip_special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            piece = self._pieces[key] = self.tokenizer.decode([token], skip_special_tokens=skip_special)
+        return piece
+
     def _hit_stop_string(self, s: _Seq) -> bool:
-        """Cheap check on the last few tokens; on a hit, cut the full text at the earliest stop."""
+        """Did the last token complete a stop string? If so, cut the full text at the earliest one.
+
+        A stop string can only be completed by a token whose text holds the stop string's last
+        character, so most tokens are ruled out by a cached one-token decode. The rest decode the
+        last few tokens, then the whole output to place the cut exactly. Tokens with no text of
+        their own (byte pieces of a multi-byte character, SentencePiece's bare space) and stop
+        strings ending in a space (SentencePiece puts it on the next token, and drops it when that
+        token is decoded alone) always take the slow path.
+        """
+        stops = s.params.stop
+        piece = self._piece(s.tokens[-1], s.params.skip_special_tokens)
+        if (piece and "\ufffd" not in piece and not any(x.endswith(" ") for x in stops)
+                and not any(x[-1] in piece for x in stops)):
+            return False
         window = max(len(x) for x in s.params.stop) + 8  # a token carries >= 1 char, or bytes of one
         tail = self._decode_text(s, s.tokens[-window:])
         if not any(x in tail for x in s.params.stop):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
 
 from posttrain.config import ConfigError, field
 from posttrain.rollout.engine import Completion
@@ -453,8 +454,22 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return message, param
 
 
+async def _result_unless_disconnected(future: concurrent.futures.Future, request, poll_s: float = 1.0):
+    """The job's result; if the client goes away first (e.g. it timed out and will retry), cancel
+    the job so that, while still queued, it costs no engine time."""
+    wrapped = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({wrapped}, timeout=poll_s)
+        if done:
+            return wrapped.result()
+        if await request.is_disconnected():
+            future.cancel()  # no effect once the engine runs it: its result is then dropped
+            wrapped.cancel()
+            raise APIError(499, "client disconnected", kind="client_closed_request")
+
+
 def create_app(service: ChatService, api_key: str | None = None):
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -474,13 +489,11 @@ def create_app(service: ChatService, api_key: str | None = None):
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return JSONResponse(error_body("invalid or missing API key", kind="authentication_error",
-                                               code="invalid_api_key"), status_code=401)
-        return await call_next(request)
+    def authorize(request: Request) -> None:
+        # a route dependency, so it runs before body validation; an HTTP middleware would wrap
+        # `receive` and hide client disconnects from the handler
+        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+            raise APIError(401, "invalid or missing API key", kind="authentication_error", code="invalid_api_key")
 
     def model_card() -> dict:
         return {"id": service.name, "object": "model", "created": service.created, "owned_by": "posttrain",
@@ -494,19 +507,21 @@ def create_app(service: ChatService, api_key: str | None = None):
     async def stats():
         return dataclasses.asdict(service.batcher.stats)
 
-    @app.get("/v1/models")
+    auth = [Depends(authorize)]
+
+    @app.get("/v1/models", dependencies=auth)
     async def models():
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", dependencies=auth)
     async def model(model_id: str):
         if model_id not in service.names:
             raise APIError(404, f"model {model_id!r} not found; this server has {service.name!r}", "model",
                            code="model_not_found")
         return model_card()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest):
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(req: ChatRequest, request: Request):
         if req.model not in service.names:
             raise APIError(404, f"model {req.model!r} not found; this server has {service.name!r}", "model",
                            code="model_not_found")
@@ -519,7 +534,7 @@ def create_app(service: ChatService, api_key: str | None = None):
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                                 f"{service.context}", "messages", code="context_length_exceeded")
         try:
-            outs = await asyncio.wrap_future(service.submit(prompt_ids, params))
+            outs = await _result_unless_disconnected(service.submit(prompt_ids, params), request)
         except ValueError as e:
             raise APIError(400, str(e)) from None
         except RuntimeError as e:

@@ -1,0 +1,51 @@
+"""`posttrain run`: stages chain in one run directory, re-running skips finished stages, and the
+report is written with the eval table and curves."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, shared
+from posttrain.config import load_config
+from posttrain.recipes.pipeline import PipelineConfig, run_pipeline
+from posttrain.report import eval_table
+
+
+def test_eval_table_deltas():
+    header, rows = eval_table({"base": {"gsm8k/em": 0.10}, "sft": {"gsm8k/em": 0.25}, "dpo": {"gsm8k/em": 0.20}})
+    assert header == ["metric", "base", "sft (Δ)", "dpo (Δ)"]
+    assert rows == [["gsm8k/em", "10.0", "25.0 (+15.0)", "20.0 (-5.0)"]]
+
+
+def test_shipped_recipes_load():
+    for name in ("demo.yaml", "tulu3-8b.yaml"):
+        cfg = load_config(PipelineConfig, REPO / "recipes" / name)
+        assert cfg.sft.config and cfg.dpo.config and cfg.rlvr.config
+
+
+@pytest.mark.slow
+def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    overrides = [f"output_dir={out}", f"base_model={tiny_model_dir}", "stages=[decontaminate,sft,eval]",
+                 "eval.tasks=[gsm8k]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]"]
+    cfg = load_config(PipelineConfig, REPO / "recipes" / "demo.yaml", overrides)
+    cfg.sft.overrides = [f"data.paths=[{shared('sft/open_instruct_sft_sample.jsonl')}]", "data.limit=8",
+                         "data.max_length=128", "data.too_long=truncate", "train.batch_size=4", "train.max_steps=2",
+                         "train.micro_batch_tokens=512", "run.progress=false"]
+    cfg.decontaminate.overrides = [f"data_root={REPO.parent / 'shared' / 'data'}"]
+    cfg.recipe_dir = str(REPO)
+    run_pipeline(cfg)
+    for stage in ("decontaminate", "sft"):
+        assert (out / stage / "DONE.json").is_file()
+    # SFT trained on the decontaminated copy of its data.
+    sft_cfg = (out / "sft" / "config.yaml").read_text()
+    assert str(out / "decontaminate" / "filtered") in sft_cfg
+    table = json.loads((out / "eval" / "table.json").read_text())
+    assert set(table) == {"base", "sft"}
+    md = (out / "report.md").read_text()
+    assert "## Evaluation across stages" in md and "## Decontamination" in md and "sft_curves.png" in md
+    assert (out / "plots" / "sft_curves.png").is_file() and (out / "report.html").is_file()
+    capsys.readouterr()
+    run_pipeline(cfg)  # second run: nothing left to train
+    assert "sft: finished earlier" in capsys.readouterr().out
