@@ -1,7 +1,7 @@
 """Evaluation (`posttrain eval`): GSM8K, MATH-500 / MATH and IFEval as Tülu 3 scores them.
 
     posttrain eval --model runs/sft/final --tasks gsm8k,math500,ifeval --limit 50
-    posttrain eval configs/eval/smollm2-cpu.yaml limit=50 batch_size=16
+    posttrain eval my_eval.yaml limit=50 batch_size=16     # YAML keys = EvalConfig fields
 
 Per task: load the samples (fail fast on bad data before the model loads), render each prompt as
 `chat_template(messages, add_generation_prompt=True) + assistant_prefix`, skip ids already in
