@@ -26,8 +26,8 @@ from typing import Any, Literal, Sequence
 import torch
 
 from posttrain.config import ConfigError, describe, dump_config, field, load_config
-from posttrain.evaluation.results import (append_rows, check_fingerprint, headline_metrics, markdown_summary,
-                                          meta_path, read_meta, read_rows, rows_path, write_json_atomic)
+from posttrain.evaluation.results import (append_rows, check_fingerprint, markdown_summary, meta_path,
+                                          read_meta, read_rows, rows_path, write_json_atomic)
 from posttrain.tasks import TASKS, Sample, Task, get_task, render_prompt
 
 DEFAULT_TASKS = ("gsm8k", "math500", "ifeval")
@@ -320,7 +320,8 @@ def parse_cli(argv: list[str]) -> tuple[str | None, list[str], bool]:
                 continue
             key = _FLAG_ALIASES.get(name, name.replace("-", "_"))
             if key not in keys:
-                raise ConfigError(f"unknown flag --{name}; valid: {', '.join('--' + k.replace('_', '-') for k in sorted(keys))}")
+                valid = ", ".join("--" + k.replace("_", "-") for k in sorted(keys))
+                raise ConfigError(f"unknown flag --{name}; valid: {valid}")
             if not eq:
                 if i >= len(argv):
                     raise ConfigError(f"flag --{name} needs a value")
