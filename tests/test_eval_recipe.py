@@ -57,7 +57,7 @@ def tiny(tiny_model_dir, tokenizer):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
-def test_cli_writes_rows_summary_and_table(tiny_model_dir, tokenizer, tmp_path):
+def test_cli_writes_rows_summary_and_table(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     out = tmp_path / "run"
     rc = cli(["--model", tiny_model_dir, "--tasks", "gsm8k,math500,ifeval", "--limit", "3",
               "--output-dir", str(out), "--max-new-tokens", "4", "--batch-size", "2", "--no-progress"])
@@ -83,6 +83,17 @@ def test_cli_writes_rows_summary_and_table(tiny_model_dir, tokenizer, tmp_path):
     table = (out / "summary.md").read_text()
     assert "| gsm8k | 3 | **exact_match** |" in table and "prompt_level_loose_acc" in table
     assert "model: " in (out / "config.yaml").read_text()
+
+    # re-running the finished command generates nothing, so the model is never loaded
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded for a finished run")
+
+    monkeypatch.setattr("posttrain.recipes.eval.load_eval_model", no_model)
+    assert cli(["--model", tiny_model_dir, "--tasks", "ifeval", "--limit", "3", "--output-dir", str(out),
+                "--max-new-tokens", "4", "--no-progress"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert set(again["tasks"]) == {"gsm8k", "math500", "ifeval"}  # earlier tasks are kept
+    assert again["tasks"]["ifeval"]["metrics"] == summary["tasks"]["ifeval"]["metrics"]
 
 
 def test_resume_skips_finished_samples_and_repairs_a_torn_row(tiny, tokenizer, tmp_path):
@@ -141,7 +152,7 @@ def test_summary_equals_metrics_recomputed_from_jsonl(tokenizer, tmp_path):
                      progress=False, log=lambda m: None)
         summary.update(s["tasks"])
     saved = json.loads((tmp_path / "summary.json").read_text())["tasks"]
-    assert saved["ifeval"]["metrics"] == summary["ifeval"]["metrics"]
+    assert {k: v["metrics"] for k, v in saved.items()} == {k: v["metrics"] for k, v in summary.items()}
 
     g = rows(tmp_path / "gsm8k.jsonl")
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731

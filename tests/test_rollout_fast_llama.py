@@ -52,7 +52,6 @@ def test_prefill_and_decode_logits_match_hf(kind, fuse):
     model = _model(kind)
     assert fast_path_unsupported_reason(model) is None
     fast = FastLlama(model, fuse_weights=fuse)
-    fast.lm_head_chunk = 32 if fuse else 0  # the chunked vocabulary projection (CPU default) too
     fast.allocate(num_slots=4, max_len=40)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     # prompt 1 goes to two slots (dedupe), written out of order

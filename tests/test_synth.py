@@ -1,6 +1,7 @@
 """`posttrain synth`: prompt cleaning, dedup, verifiable constraints, and an end-to-end run against a
 real `posttrain serve` of a tiny model (in-process, over loopback HTTP), resumed from its cache."""
 
+import dataclasses
 import json
 import random
 import shutil
@@ -184,3 +185,11 @@ def test_synth_end_to_end_and_resume(tmp_path, tiny_dir):
     assert sum(c["calls"] for c in resumed["calls"]) == len(lines) - 3
     assert sum(c["cache_hits"] for c in resumed["calls"]) == 3
     assert {n: (out / n).read_bytes() for n in files} == files
+
+    # the same cache with drop_truncated: prompts cut off by max_tokens are dropped, from the cache
+    strict = run_synth(dataclasses.replace(cfg, drop_truncated=True))
+    records = _read(out / "prompts.jsonl")
+    assert sum(c["calls"] for c in strict["calls"]) == 0
+    assert [r["status"] == "truncated_prompt" for r in records] == \
+        [r["generated_finish_reason"] == "length" for r in records]
+    assert strict["status"].get("truncated_prompt", 0) >= 1  # a 16-token budget cuts random text off

@@ -122,10 +122,11 @@ def markdown_summary(summary: dict) -> str:
         for metric in headline_metrics(t["metrics"], t["primary_metric"]):
             label = f"**{metric}**" if metric == t["primary_metric"] else metric
             lines.append(f"| {name} | {t['n']} | {label} | {100 * t['metrics'][metric]:.2f} |")
-    lines += ["", "| task | n | generated tokens | generation s | tokens/s | wall s (this run) |",
+    lines += ["", "| task | n | generated tokens | generation s | tokens/s | wall s (last run) |",
               "|---|---:|---:|---:|---:|---:|"]
     for name, t in summary["tasks"].items():
         lines.append(f"| {name} | {t['n']} | {t['generated_tokens']} | {t['generation_s']:.1f} | "
                      f"{t['tokens_per_s']:.1f} | {t['wall_s']:.1f} |")
-    lines += ["", f"Limit: {summary['limit']}. Bold: each task's primary metric."]
+    lines += ["", "n: the first n samples of each task's data. Bold: each task's primary metric. Generation s "
+              "and tokens/s cover every engine call that produced the task's rows (resumed runs included)."]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ Other stages call `evaluate(model, tokenizer, tasks, limit, out_dir)` in-process
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -89,15 +90,18 @@ def check_model_source(name: str) -> None:
                          f"model ({', '.join(EMBEDDED_MODELS)})")
 
 
-def load_eval_model(name: str, device: str = "auto", dtype: str = "auto", chat_template: str = "model"):
-    from posttrain.models import default_dtype, load_model, load_tokenizer, parse_dtype
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
-    check_model_source(name)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
-    tokenizer = load_tokenizer(name, chat_template=chat_template)
+
+def load_eval_model(name: str, device: str = "auto", dtype: str = "auto"):
+    from posttrain.models import default_dtype, load_model, parse_dtype
+
+    dev = resolve_device(device)
     model = load_model(name, dtype=default_dtype(dev) if dtype == "auto" else parse_dtype(dtype), device=dev)
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def model_label(model_or_path: Any) -> str:
@@ -154,7 +158,7 @@ def summarize_task(task: Task, samples: list[Sample], rows: dict[str, dict], met
             "generation_s": gen_s, "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0}
 
 
-def run_task(task: Task, samples: list[Sample], engine, tokenizer, out_dir: Path | None, *,
+def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: Path | None, *,
              fingerprint: dict, max_new_tokens: int | None, seed: int, flush_every: int,
              overwrite: bool, progress: bool, log) -> dict:
     start = time.perf_counter()
@@ -190,7 +194,7 @@ def run_task(task: Task, samples: list[Sample], engine, tokenizer, out_dir: Path
     for i in range(0, len(pending), flush_every):
         chunk = pending[i:i + flush_every]
         t0 = time.perf_counter()
-        outs = engine.generate([token_ids[s.id] for s in chunk], params)
+        outs = get_engine().generate([token_ids[s.id] for s in chunk], params)
         seconds = time.perf_counter() - t0
         assert len(outs) == len(chunk) * params.n
         new = [result_row(task, s, prompts[s.id], o) for s, o in zip(chunk, outs)]
@@ -207,8 +211,7 @@ def run_task(task: Task, samples: list[Sample], engine, tokenizer, out_dir: Path
         bar.set_postfix(tok_s=f"{call['generated_tokens'] / max(seconds, 1e-9):.0f}")
     bar.close()
     summary = summarize_task(task, samples, rows, meta)
-    summary["wall_s"] = time.perf_counter() - start
-    summary["newly_generated"] = len(pending)
+    summary.update(limit=len(samples), newly_generated=len(pending), wall_s=time.perf_counter() - start)
     return summary
 
 
@@ -237,20 +240,30 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     samples = {t.name: load_samples(t, data_paths.get(t.name), limit) for t in task_objs}
 
     label = model_label(model_or_path)
-    if isinstance(model_or_path, (str, Path)):
-        model, tokenizer = load_eval_model(str(model_or_path), device, dtype, chat_template or "model")
-    else:
-        model = model_or_path
-        if tokenizer is None:
-            raise ValueError("evaluate: pass the tokenizer together with an in-memory model")
-        if chat_template is not None:
-            from posttrain.models import apply_chat_template_choice
+    from_path = isinstance(model_or_path, (str, Path))
+    model = None if from_path else model_or_path
+    if from_path:
+        from posttrain.models import load_tokenizer
 
-            apply_chat_template_choice(tokenizer, chat_template)
-    if engine is None:
-        from posttrain.rollout import Engine
+        check_model_source(str(model_or_path))
+        tokenizer = load_tokenizer(str(model_or_path), chat_template=chat_template or "model")
+    elif tokenizer is None:
+        raise ValueError("evaluate: pass the tokenizer together with an in-memory model")
+    elif chat_template is not None:
+        from posttrain.models import apply_chat_template_choice
 
-        engine = Engine(model, tokenizer, backend=backend, max_batch_size=batch_size)
+        apply_chat_template_choice(tokenizer, chat_template)
+
+    def get_engine():
+        # the model loads only when some sample still needs generating (a finished run re-summarises)
+        nonlocal model, engine
+        if engine is None:
+            from posttrain.rollout import Engine
+
+            model = load_eval_model(str(model_or_path), device, dtype) if from_path else model
+            engine = Engine(model, tokenizer, backend=backend, max_batch_size=batch_size)
+        return engine
+
     out = Path(out_dir) if out_dir is not None else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +274,7 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
                        "stop": list(task.generation.stop), "do_sample": task.generation.do_sample}
         with torch.no_grad():
             results[task.name] = run_task(
-                task, samples[task.name], engine, tokenizer, out, fingerprint=fingerprint,
+                task, samples[task.name], get_engine, tokenizer, out, fingerprint=fingerprint,
                 max_new_tokens=max_new_tokens, seed=seed, flush_every=flush_every or 4 * batch_size,
                 overwrite=overwrite, progress=progress, log=log)
         t = results[task.name]
@@ -269,9 +282,24 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
             f"(n={t['n']}, {t['wall_s']:.0f} s, {t['tokens_per_s']:.0f} tok/s)")
     summary = {"model": label, "limit": limit, "wall_s": time.perf_counter() - start, "tasks": results}
     if out:
+        summary = merge_summaries(out / "summary.json", summary)
         write_json_atomic(out / "summary.json", summary)
         (out / "summary.md").write_text(markdown_summary(summary), encoding="utf-8")
     return summary
+
+
+def merge_summaries(path: Path, summary: dict) -> dict:
+    """Keep the tasks of earlier invocations in this directory (same model) beside this run's."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError:  # derived data: a damaged file is simply rebuilt
+        previous = {}
+    if not isinstance(previous, dict) or previous.get("model") != summary["model"]:
+        return summary
+    tasks = {**previous.get("tasks", {}), **summary["tasks"]}
+    order = list(TASKS)  # registry order (gsm8k, math500, math, ifeval), custom task names last
+    ranked = sorted(tasks, key=lambda k: order.index(k) if k in order else len(order))
+    return {**summary, "tasks": {k: tasks[k] for k in ranked}}
 
 
 def default_output_dir(model: str) -> str:
