@@ -110,20 +110,3 @@ def test_value_head_reads_every_response_position_and_learns(rollout, tokenizer,
     for _ in range(5):
         last = value_update(vm, opt, samples, clip_range=10.0, coef=0.1, passes=PassSettings(), device="cpu")
     assert last["loss/value"] < first["loss/value"]
-
-
-def test_reward_model_score_is_added_with_its_weight(tiny_model_dir, tokenizer):
-    from posttrain.data.rlvr import RLVRRow
-    from posttrain.recipes.rm import score
-    from posttrain.rl.rewards import RewardModelScorer, combine_rewards
-
-    rm = RewardModelScorer(tiny_model_dir, torch.float32, "cpu")
-    rows = [RLVRRow([{"role": "user", "content": "What is 2 + 2?"}], "4", "gsm8k")] * 2
-    texts = ["4", "five"]
-    got = rm(rows, texts)
-    convs = [[{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": t}] for t in texts]
-    expected = torch.tensor(score(rm.model, rm.tokenizer, convs))
-    torch.testing.assert_close(got, expected)
-    assert got[0] != got[1]  # the response is part of what the RM reads
-    rewards = combine_rewards(torch.tensor([1.0, 0.0]), torch.tensor([False, False]), 10.0, None, got, 0.5)
-    torch.testing.assert_close(rewards, torch.tensor([10.0, 0.0]) + 0.5 * expected)

@@ -88,15 +88,14 @@ class Engine:
     backend: "auto" (fast path when the architecture allows), "fast" or "hf".
     max_batch_size: cache rows, i.e. sequences decoded together.
     cuda_graphs: capture decode steps as CUDA graphs (default: on for CUDA models, fast path).
-    fuse_weights: keep fused QKV / gate-up copies of the weights (4 matmuls per layer instead
-        of 7; costs a copy of those weights, +280 MB for SmolLM2-135M in fp32). They are refreshed
-        when the model's parameters change in place, e.g. after an optimizer step.
+    fuse_weights: keep fused QKV / gate-up copies of the weights (default: on CUDA only; they
+        are refreshed when the model's parameters change in place, e.g. after an optimizer step).
     overlap: keep one decode step in flight while the host reads the previous one (default: on
         for CUDA; on CPU it only costs one wasted row-step per sequence).
     """
 
     def __init__(self, model, tokenizer=None, *, backend: str = "auto", max_batch_size: int = 64,
-                 cuda_graphs: bool | None = None, fuse_weights: bool = True,
+                 cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
                  prefill_token_budget: int | None = None, overlap: bool | None = None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"Engine backend must be 'auto', 'fast' or 'hf', got {backend!r}")
