@@ -97,12 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     return _guard(stage, lambda: fn(cfg))
 
 
+# Stages whose re-run resumes by itself (cached calls, finished samples or stages are skipped).
+RESUME_HINT = {stage: "re-run the same command to continue" for stage in ("eval", "synth", "prefs", "run", "demo",
+                                                                          "decontaminate")}
+
+
 def _guard(stage: str, call) -> int:
     debug = os.environ.get("POSTTRAIN_DEBUG")
     try:
         result = call()
     except KeyboardInterrupt:
-        print(f"\nposttrain {stage}: interrupted; re-run with run.resume=true to continue", file=sys.stderr)
+        how = RESUME_HINT.get(stage, "re-run with run.resume=true to continue")
+        print(f"\nposttrain {stage}: interrupted; {how}", file=sys.stderr)
         return 130
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         if debug:

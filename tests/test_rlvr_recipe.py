@@ -1,5 +1,6 @@
-"""`posttrain rlvr` end to end on a tiny random model: GRPO learns a verifiable reward, async and
-PPO runs work, configs validate, and a run killed mid-way resumes to the identical curve."""
+"""`posttrain rlvr` end to end on a tiny random model: GRPO learns a verifiable reward, async (with
+an RM score added) and PPO runs work, configs validate, and a run killed mid-way resumes to the
+identical curve."""
 
 import json
 import signal
@@ -66,9 +67,11 @@ def test_grpo_learns_and_logs_every_metric(tiny_model_dir, rows_file, tmp_path):
 
 def test_async_is_one_step_off_policy_and_ppo_trains_a_value_model(tiny_model_dir, rows_file, tmp_path):
     cfg = load_config(RLVRConfig, None, overrides(tiny_model_dir, rows_file, tmp_path / "a", "train.max_steps=4",
-                                                 "rollout.mode=async", "train.filter_constant_groups=false"))
+                                                 "rollout.mode=async", "train.filter_constant_groups=false",
+                                                 f"reward.rm_model={tiny_model_dir}", "reward.rm_weight=0.5"))
     main(cfg)
     rows = read_metrics(tmp_path / "a")
+    assert all(abs(r["reward/mean"] - 10 * r["score/mean"]) > 1e-6 for r in rows)  # + 0.5 x RM score
     assert [r["staleness"] for r in rows] == [0, 1, 1, 1]
     assert [r["policy_version"] for r in rows] == [0, 0, 1, 2]
     assert rows[2]["logprob_diff/mean_abs"] > 1e-3  # the generator's weights are one update behind

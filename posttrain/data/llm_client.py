@@ -378,7 +378,7 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") >> 1
 
 
-async def _gather(client: LLMClient, tasks: Sequence[Callable[[], Awaitable[Any]]], desc: str,
+async def _gather(clients: Sequence[LLMClient], tasks: Sequence[Callable[[], Awaitable[Any]]], desc: str,
                   every: float) -> list[Any]:
     done, last, start = 0, time.monotonic(), time.monotonic()
 
@@ -392,22 +392,27 @@ async def _gather(client: LLMClient, tasks: Sequence[Callable[[], Awaitable[Any]
             done += 1
             if desc and (time.monotonic() - last > every or done == len(tasks)):
                 last = time.monotonic()
-                print(f"[{desc}] {done}/{len(tasks)} done ({client.stats.cache_hits} cached calls, "
-                      f"{client.stats.failures} failed, {last - start:.0f} s)", flush=True)
+                hits = sum(c.stats.cache_hits for c in clients)
+                failed = sum(c.stats.failures for c in clients)
+                print(f"[{desc}] {done}/{len(tasks)} done ({hits} cached calls, {failed} failed, "
+                      f"{last - start:.0f} s)", flush=True)
 
     try:
         return await asyncio.gather(*(one(t) for t in tasks))
     finally:
-        await client.aclose()
+        for c in clients:
+            await c.aclose()
 
 
-def run_tasks(client: LLMClient, tasks: Sequence[Callable[[], Awaitable[Any]]], desc: str = "",
-              progress_every_s: float = 10.0) -> list[Any]:
-    """Run coroutine factories that call `client` concurrently (each call bounded by the endpoint's
-    max_concurrency); results in order, a failed call as its LLMCallError instead of stopping the run."""
+def run_tasks(clients: LLMClient | Sequence[LLMClient], tasks: Sequence[Callable[[], Awaitable[Any]]],
+              desc: str = "", progress_every_s: float = 10.0) -> list[Any]:
+    """Run coroutine factories that call the given clients, all concurrently (each endpoint bounded
+    by its max_concurrency); results in order, a failed call as its LLMCallError instead of an
+    exception that stops the run."""
     if not tasks:
         return []
-    return asyncio.run(_gather(client, tasks, desc, progress_every_s))
+    clients = [clients] if isinstance(clients, LLMClient) else list(clients)
+    return asyncio.run(_gather(clients, tasks, desc, progress_every_s))
 
 
 def run_calls(client: LLMClient, calls: Sequence[Call], desc: str = "", progress_every_s: float = 10.0

@@ -28,7 +28,7 @@ from typing import Any
 from posttrain.config import ConfigError, dump_config, field
 from posttrain.data.io import DataError, read_records, write_json_atomic, write_jsonl_atomic
 from posttrain.data.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMCallError, LLMClient,
-                                       ResponseCache, derive_seed, open_endpoints, run_calls, run_tasks)
+                                       ResponseCache, derive_seed, open_endpoints, run_tasks)
 
 ASPECTS = ("helpfulness", "instruction_following", "honesty", "truthfulness")
 
@@ -47,8 +47,10 @@ an integer from 1 (very poor) to 5 (excellent).
 {response}
 [End of response]
 
-Reply with only a JSON object with the four integer ratings, in this form:
-{{"helpfulness": 3, "instruction_following": 2, "honesty": 5, "truthfulness": 4}}"""
+Reply with only a JSON object that has these four keys, each with your integer rating in place of ?:
+{{"helpfulness": ?, "instruction_following": ?, "honesty": ?, "truthfulness": ?}}"""
+# No example numbers in the format line: a judge tends to copy them (SmolLM2-135M returned the
+# example verbatim for 14 of 16 responses; see docs/RESULTS_DATA.md).
 JUDGE_RETRY = ("I could not read ratings in that reply. Reply again with only the JSON object holding the "
                "four integer ratings from 1 to 5: helpfulness, instruction_following, honesty, truthfulness.")
 
@@ -297,18 +299,23 @@ class Response:
 
 
 def generate_responses(prompts, endpoints, cfg: PrefsConfig, cache: ResponseCache) -> tuple[list[Response], list]:
-    responses, clients = [], []
-    for ep in endpoints:
-        client = LLMClient(ep, cache, seed=cfg.seed)
-        clients.append(client)
-        plan = [(pid, msgs, s) for pid, msgs in prompts for s in range(cfg.samples_per_model)]
-        calls = [(msgs, ChatParams.of(ep.config, seed=derive_seed(cfg.seed, "response", ep.label, pid, s)))
-                 for pid, msgs, s in plan]
-        for (pid, _, s), result in zip(plan, run_calls(client, calls, f"prefs responses ({ep.label})")):
-            if isinstance(result, Exception):
-                responses.append(Response(pid, ep.label, s, None, error=str(result)))
-            else:
-                responses.append(Response(pid, ep.label, s, result))
+    """Every responder answers every prompt `samples_per_model` times, all endpoints at once (so
+    responders that share a local server share its batches)."""
+    clients = [LLMClient(ep, cache, seed=cfg.seed) for ep in endpoints]
+    plan = [(client, pid, msgs, s) for client in clients for pid, msgs in prompts for s in range(cfg.samples_per_model)]
+
+    def task(client, pid, msgs, s):
+        label = client.endpoint.label
+        params = ChatParams.of(client.endpoint.config, seed=derive_seed(cfg.seed, "response", label, pid, s))
+        return lambda: client.chat(msgs, params)
+
+    results = run_tasks(clients, [task(*p) for p in plan], "prefs responses")
+    responses = []
+    for (client, pid, _, s), result in zip(plan, results):
+        if isinstance(result, Exception):
+            responses.append(Response(pid, client.endpoint.label, s, None, error=str(result)))
+        else:
+            responses.append(Response(pid, client.endpoint.label, s, result))
     return responses, clients
 
 

@@ -283,7 +283,8 @@ def shingles(text: str, n: int) -> frozenset:
     return frozenset(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
 
-def dedup(texts: list[str], near_threshold: float = 0.8, ngram: int = 5) -> tuple[list[int], dict[int, tuple[int, str]]]:
+def dedup(texts: list[str], near_threshold: float = 0.8, ngram: int = 5
+          ) -> tuple[list[int], dict[int, tuple[int, str]]]:
     """Indices to keep (first occurrence wins) and {dropped index: (kept index, 'exact' | 'near')}.
 
     Exact: equal `normalize_text`. Near: Jaccard similarity of word n-gram sets >= near_threshold
@@ -339,7 +340,8 @@ class SynthConfig:
                                            "(> 1 disables)")
     dedup_ngram: int = field(5, "n-gram size (decontam word tokens) for near-duplicates")
     verify_if_responses: bool = field(True, "keep `if` SFT rows only when the response passes its constraints")
-    drop_truncated: bool = field(True, "drop responses cut off by max_tokens (finish_reason 'length')")
+    drop_truncated: bool = field(True, "drop prompts and responses cut off by max_tokens (finish_reason "
+                                       "'length')")
     out_dir: str = field("runs/synth", "output folder (sft.jsonl, rlvr.jsonl, prompts.jsonl, stats.json)")
     seed: int = field(0, "seed for constraints and sampling (changes every cache key)")
 
@@ -369,6 +371,7 @@ class Job:
     skill: str
     k: int = 0  # which of the persona's prompts for this skill
     raw: str | None = None  # the generator's reply
+    raw_finish: str | None = None  # its finish_reason ("length": cut off by max_tokens)
     prompt: str | None = None  # cleaned; for `if`, with the constraints appended
     request: str | None = None  # `if`: the request before the constraints
     constraints: list[Constraint] = dataclasses.field(default_factory=list)
@@ -405,7 +408,10 @@ def _attach_prompt(job: Job, result: ChatResult | Exception, cfg: SynthConfig) -
     if isinstance(result, Exception):
         job.status = "generation_failed"
         return
-    job.raw = result.text
+    job.raw, job.raw_finish = result.text, result.finish_reason
+    if cfg.drop_truncated and result.finish_reason == "length":
+        job.status = "truncated_prompt"
+        return
     text = clean_generated_prompt(result.text, cfg.min_prompt_chars, cfg.max_prompt_chars)
     if text is None:
         job.status = "unusable_prompt"
@@ -449,7 +455,7 @@ def sft_row(job: Job) -> dict:
 
 def prompt_record(job: Job, dup: tuple[int, str] | None, jobs: list[Job]) -> dict:
     rec: dict[str, Any] = {"id": job.id, "skill": job.skill, "persona": job.persona, "status": job.status,
-                           "generated": job.raw, "prompt": job.prompt}
+                           "generated": job.raw, "generated_finish_reason": job.raw_finish, "prompt": job.prompt}
     if dup is not None:
         rec["duplicate_of"] = jobs[dup[0]].id
     if job.response is not None:

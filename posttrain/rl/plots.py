@@ -35,7 +35,7 @@ def plot_runs(runs: dict[str, Path], eval_name: str, out: Path, smooth: int = 5)
     panels = [("reward/mean", "training reward (mean, moving avg)", True),
               (f"eval/{eval_name}/accuracy", f"held-out accuracy ({eval_name}, greedy)", False),
               ("kl/k3", "KL to reference (k3, per token)", True),
-              ("response_len/mean", "response length (tokens)", True)]
+              ("response_len/mean", "response length (tokens; sampled, and held-out greedy)", True)]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for ax, (key, title, smoothed) in zip(axes.flat, panels):
         for i, (label, run_dir) in enumerate(runs.items()):
@@ -48,6 +48,10 @@ def plot_runs(runs: dict[str, Path], eval_name: str, out: Path, smooth: int = 5)
                 ax.plot(x, moving_average(y, smooth), color=color, lw=2, label=label)
             else:
                 ax.plot(x, y, color=color, lw=2, marker="o", label=label)
+            if key == "response_len/mean":  # held-out (greedy) lengths next to the sampled ones
+                ex, ey = series(read_metrics(run_dir), f"eval/{eval_name}/response_len")
+                if ex:
+                    ax.plot(ex, ey, color=color, lw=1, ls="--", marker="s", ms=4, label=f"{label} held-out (greedy)")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
