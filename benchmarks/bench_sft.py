@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch", type=int, default=8, help="sequences per optimizer step (both trainers)")
     p.add_argument("--trl-micro-batch", type=int, default=4, help="TRL per-device batch; accumulation fills the rest")
-    p.add_argument("--micro-tokens", type=int, default=2048, help="posttrain packed micro-batch token budget")
+    p.add_argument("--micro-tokens", type=int, default=1024, help="posttrain packed micro-batch token budget")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--seed", type=int, default=0)
