@@ -11,15 +11,30 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Curves worth plotting, per kind of stage; a key is plotted when the stage logged it.
+# Curves worth plotting: (title, keys the stages log it under); the first key a stage logged is
+# plotted. Held-out accuracies (`eval/<set>/accuracy`, logged by RLVR) get a panel per set.
 CURVES = [
-    ("loss", "loss"), ("lr", "learning rate"), ("grad_norm", "grad norm"),
-    ("margin", "DPO reward margin"), ("accuracy", "preference accuracy"),
-    ("chosen_reward", "chosen reward"), ("rejected_reward", "rejected reward"),
-    ("reward_mean", "RL reward (mean)"), ("kl", "KL to reference"),
-    ("response_length", "response length"), ("heldout_accuracy", "held-out accuracy"),
-    ("value_loss", "value loss"), ("entropy", "entropy"),
+    ("loss", ("loss",)), ("learning rate", ("lr",)), ("grad norm", ("grad_norm",)),
+    ("DPO reward margin", ("margin",)), ("preference accuracy", ("accuracy",)),
+    ("RL reward (mean)", ("reward/mean", "reward_mean")), ("KL to reference (k3)", ("kl/k3", "kl")),
+    ("response length (tokens)", ("response_len/mean", "response_length")),
+    ("policy loss", ("loss/policy",)), ("value loss", ("loss/value", "value_loss")), ("entropy", ("entropy",)),
 ]
+
+
+def _curves(metrics: list[dict]) -> list[tuple[str, str]]:
+    """(metric key, title) of every curve the stage logged, in CURVES order, then held-out sets."""
+    def logged(k):
+        return any(isinstance(r.get(k), (int, float)) for r in metrics)
+
+    out = []
+    for title, keys in CURVES:
+        key = next((k for k in keys if logged(k)), None)
+        if key is not None:
+            out.append((key, title))
+    held_out = sorted({k for r in metrics for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
+    out += [(k, f"held-out accuracy: {k.split('/')[1]}") for k in held_out if logged(k)]
+    return out
 
 
 @dataclass
@@ -45,7 +60,9 @@ def plot_stage(stage: str, metrics: list[dict], out_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [(k, title) for k, title in CURVES if any(isinstance(r.get(k), (int, float)) for r in metrics)]
+    from matplotlib.ticker import MaxNLocator
+
+    keys = _curves(metrics)
     if not keys:
         return []
     cols = min(3, len(keys))
@@ -57,6 +74,7 @@ def plot_stage(stage: str, metrics: list[dict], out_dir: Path) -> list[str]:
                 markersize=3, color="#2563eb")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
@@ -71,7 +89,8 @@ def plot_stage(stage: str, metrics: list[dict], out_dir: Path) -> list[str]:
 
 
 def eval_table(evals: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
-    """evals: model label (in pipeline order) -> {metric: value}. Deltas are vs the previous column."""
+    """evals: model label (in pipeline order) -> {metric: value}. Rates are shown in percent with deltas
+    vs the previous column; `*/num_samples` rows are the sample counts."""
     labels = list(evals)
     metrics = sorted({m for v in evals.values() for m in v})
     header = ["metric"] + [lab if i == 0 else f"{lab} (Δ)" for i, lab in enumerate(labels)]
@@ -82,6 +101,9 @@ def eval_table(evals: dict[str, dict[str, float]]) -> tuple[list[str], list[list
             v = evals[lab].get(m)
             if v is None:
                 row.append("–")
+                continue
+            if m.endswith("num_samples"):  # a count, not a rate: no percent, no delta
+                row.append(f"{v:.0f}")
                 continue
             cell = f"{100 * v:.1f}"
             if prev is not None:

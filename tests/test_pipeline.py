@@ -18,6 +18,12 @@ def test_eval_table_deltas():
     assert rows == [["gsm8k/em", "10.0", "25.0 (+15.0)", "20.0 (-5.0)"]]
 
 
+def test_eval_table_shows_sample_counts_as_counts():
+    header, rows = eval_table({"base": {"ifeval/acc": 0.5, "ifeval/num_samples": 8.0},
+                               "sft": {"ifeval/acc": 0.375, "ifeval/num_samples": 8.0}})
+    assert rows == [["ifeval/acc", "50.0", "37.5 (-12.5)"], ["ifeval/num_samples", "8", "8"]]
+
+
 def test_shipped_recipes_load():
     for name in ("demo.yaml", "tulu3-8b.yaml"):
         cfg = load_config(PipelineConfig, REPO / "recipes" / name)
@@ -28,7 +34,7 @@ def test_shipped_recipes_load():
 def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = [f"output_dir={out}", f"base_model={tiny_model_dir}", "stages=[decontaminate,sft,eval]",
-                 "eval.tasks=[gsm8k]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]"]
+                 "eval.tasks=[gsm8k,verifiable]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]"]
     cfg = load_config(PipelineConfig, REPO / "recipes" / "demo.yaml", overrides)
     cfg.sft.overrides = [f"data.paths=[{shared('sft/open_instruct_sft_sample.jsonl')}]", "data.limit=8",
                          "data.max_length=128", "data.too_long=truncate", "train.batch_size=4", "train.max_steps=2",
@@ -43,6 +49,8 @@ def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
     assert str(out / "decontaminate" / "filtered") in sft_cfg
     table = json.loads((out / "eval" / "table.json").read_text())
     assert set(table) == {"base", "sft"}
+    # the RL task's held-out rows (eval.data in demo.yaml) are scored like every other task
+    assert table["sft"]["verifiable/num_samples"] == 2 and 0 <= table["sft"]["verifiable/accuracy"] <= 1
     md = (out / "report.md").read_text()
     assert "## Evaluation across stages" in md and "## Decontamination" in md and "sft_curves.png" in md
     assert (out / "plots" / "sft_curves.png").is_file() and (out / "report.html").is_file()

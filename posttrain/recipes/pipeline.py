@@ -35,6 +35,7 @@ class EvalSpec:
     enabled: bool = field(True, "evaluate the models of the run")
     tasks: list[str] = field(["gsm8k", "math500", "ifeval"], "eval tasks")
     limit: int | None = field(None, "first N samples of each task (None = all)")
+    data: dict[str, str] = field({}, "task -> data file (required for `verifiable`: held-out RLVR rows)")
     max_new_tokens: int | None = field(None, "override every task's generation budget")
     batch_size: int = field(32, "sequences decoded together")
     models: list[str] = field(["base", "sft", "dpo", "rlvr"], "which stages' models to evaluate")
@@ -176,6 +177,7 @@ def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInf
         print(f"\n[pipeline] ===== eval: {label} ({models[label]}) =====", flush=True)
         summary = evaluate(models[label], None, cfg.eval.tasks, cfg.eval.limit, out / "eval" / label,
                            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                           data_paths=cfg.eval.data,
                            chat_template=cfg.chat_template)
         evals[label] = {f"{task}/{m}": v for task, res in summary["tasks"].items()
                         for m, v in res["metrics"].items() if isinstance(v, (int, float))}

@@ -15,17 +15,20 @@ from posttrain.tasks.base import GenerationConfig, Sample, Task, render_prompt
 from posttrain.tasks.gsm8k import GSM8KTask
 from posttrain.tasks.ifeval import IFEvalTask
 from posttrain.tasks.minerva_math import MathTask
+from posttrain.tasks.verifiable import VerifiableTask
 
 TASKS: dict[str, Callable[..., Task]] = {
     "gsm8k": GSM8KTask,
     "math500": lambda **kw: MathTask(name="math500", **kw),
     "math": lambda **kw: MathTask(name="math", **kw),
     "ifeval": IFEvalTask,
+    "verifiable": VerifiableTask,  # any file of RLVR rows, graded by each row's verifier
 }
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """A task by registry name (`gsm8k`, `math500`, `math`, `ifeval`); options go to its dataclass."""
+    """A task by registry name (`gsm8k`, `math500`, `math`, `ifeval`, `verifiable`); options go to its
+    dataclass."""
     key = name.strip().lower()
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
