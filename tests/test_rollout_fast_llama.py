@@ -76,6 +76,32 @@ def test_prefill_and_decode_logits_match_hf(kind, fuse):
                                    atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_shared_prefix_prefill_matches_hf(kind):
+    """Few-shot prompts share their exemplars: the prefix runs once, the suffixes attend to it."""
+    model = _model(kind)
+    fast = FastLlama(model)
+    fast.min_shared_prefix = 4
+    fast.allocate(num_slots=4, max_len=48)
+    shots = [7, 3, 9, 11, 2, 5, 8, 13, 21, 34, 1, 4]
+    prompts = [shots + [50, 51, 52], shots + [60], shots + [70, 71, 72, 73, 74]]
+    logits = fast.prefill(prompts, slots=[0, 1, 2, 3], sources=[0, 1, 2, 1])
+    seqs = [prompts[0], prompts[1], prompts[2], prompts[1]]
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _hf_next_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    for step in range(3):  # decoding reads the prefix KV written once for every row
+        new = torch.tensor([3 + step, 4, 5, 6 + step])
+        seqs = [s + [int(t)] for s, t in zip(seqs, new)]
+        logits = fast.decode(new, 4)
+        for row, seq in enumerate(seqs):
+            torch.testing.assert_close(logits[row], _hf_next_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    # a prompt that is exactly the shared part keeps its last token as its own suffix
+    fast.allocate(num_slots=2, max_len=48)
+    logits = fast.prefill([shots, shots + [60, 61]], slots=[0, 1], sources=[0, 1])
+    torch.testing.assert_close(logits[0], _hf_next_logits(model, shots)[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1], _hf_next_logits(model, shots + [60, 61])[-1], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("fuse", [True, False])
 def test_refresh_weights_follows_in_place_updates(fuse):
     model = _model("llama")

@@ -47,6 +47,16 @@ def fast_path_unsupported_reason(model) -> str | None:
     return None
 
 
+def _shared_prefix_len(prompts: list[list[int]]) -> int:
+    """Length of the common leading tokens, capped so every prompt keeps at least one of its own."""
+    shortest = min(len(p) for p in prompts)
+    n = 0
+    first = prompts[0]
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm. On CUDA one fused kernel (F.rms_norm, float32 inside; in bf16 it can differ from
     HF's normalise-cast-scale order by one rounding); on CPU, where F.rms_norm is a chain of a
@@ -106,6 +116,9 @@ class FastLlama:
         # (SmolLM2-135M, fp32), so there the live weights are used as they are.
         self.fuse = (self.device.type == "cuda") if fuse_weights is None else fuse_weights
         self.lm_head_chunk = 1024 if self.device.type == "cpu" else 0
+        # prompts of one prefill call that share at least this many leading tokens (few-shot
+        # exemplars: ~800 of GSM8K's ~880 prompt tokens) run that prefix once; 0 disables
+        self.min_shared_prefix = 32
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
@@ -274,33 +287,64 @@ class FastLlama:
         """Run `prompts` from position 0; write prompt `sources[i]`'s KV into row `slots[i]`.
 
         Returns the last-position logits per slot, [len(slots), V]. Prompts are right-padded;
-        causal masking alone keeps padding out of every real position.
+        causal masking alone keeps padding out of every real position. When the prompts share a
+        long token prefix (few-shot exemplars), it runs once and only the suffixes run per prompt.
         """
+        prefix = _shared_prefix_len(prompts) if len(prompts) > 1 else 0
+        if prefix < self.min_shared_prefix:
+            prefix = 0
         n, T = len(prompts), max(len(p) for p in prompts)
-        ids = torch.zeros(n, T, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p)
-        ids = ids.to(self.device)
-        cos, sin = self.cos[:T, None, :], self.sin[:T, None, :]
         slot_t = torch.tensor(slots, device=self.device)
         src_t = torch.tensor(sources, device=self.device)
-        x = F.embedding(ids, self.embed)
-        for li, w in enumerate(self.layers):
-            h = rms_norm(x, w.ln_in, self.eps)
-            q, k, v = self._split_heads(w, self._qkv(w, h), cos, sin)  # [n, T, *, D]
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            self.k_cache[li][slot_t, :, :T] = k.index_select(0, src_t)
-            self.v_cache[li][slot_t, :, :T] = v.index_select(0, src_t)
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling,
-                                                  enable_gqa=self.group > 1)
-            x = x + F.linear(attn.transpose(1, 2).reshape(n, T, -1), w.o, w.o_bias)
-            x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        if prefix:
+            prefix_kv = self._forward_prompts([prompts[0][:prefix]], 0, None, None, None)[1]
+            for li, (k, v) in enumerate(prefix_kv):
+                self.k_cache[li][slot_t, :, :prefix] = k
+                self.v_cache[li][slot_t, :, :prefix] = v
+        else:
+            prefix_kv = None
+        x, _ = self._forward_prompts([p[prefix:] for p in prompts], prefix, prefix_kv, slot_t, src_t)
+        last = torch.tensor([len(p) - 1 - prefix for p in prompts], device=self.device)
         logits = self._logits(x[torch.arange(n, device=self.device), last])
         for s, src in zip(slots, sources):
             self.lengths[s] = len(prompts[src])
         self._pos_synced = False
         return logits.index_select(0, src_t)
+
+    def _forward_prompts(self, prompts: list[list[int]], start: int, prefix_kv, slot_t, src_t):
+        """Prompts (right-padded) at positions start..; they attend to `prefix_kv` (one shared
+        [1, K, start, D] pair per layer) and causally to themselves. Writes their KV into the cache
+        rows `slot_t` (from prompt `src_t`) unless slot_t is None; returns the hidden states and
+        each layer's (k, v)."""
+        n, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(n, T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+        ids = ids.to(self.device)
+        cos, sin = self.cos[start:start + T, None, :], self.sin[start:start + T, None, :]
+        mask = None
+        if prefix_kv is not None:  # every prefix key is visible; own keys causally
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=self.device)
+            mask[:, start:] = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+        x = F.embedding(ids, self.embed)
+        kvs = []
+        for li, w in enumerate(self.layers):
+            h = rms_norm(x, w.ln_in, self.eps)
+            q, k, v = self._split_heads(w, self._qkv(w, h), cos, sin)  # [n, T, *, D]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            kvs.append((k, v))
+            if slot_t is not None:
+                self.k_cache[li][slot_t, :, start:start + T] = k.index_select(0, src_t)
+                self.v_cache[li][slot_t, :, start:start + T] = v.index_select(0, src_t)
+            if prefix_kv is not None:
+                pk, pv = prefix_kv[li]
+                k = torch.cat([pk.expand(n, -1, -1, -1), k], dim=2)
+                v = torch.cat([pv.expand(n, -1, -1, -1), v], dim=2)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                  scale=self.scaling, enable_gqa=self.group > 1)
+            x = x + F.linear(attn.transpose(1, 2).reshape(n, T, -1), w.o, w.o_bias)
+            x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
+        return x, kvs
 
     def _decode_step(self, tok: Tensor, pos: Tensor, kv_len: int) -> Tensor:
         """One token per row for rows 0..b-1 at positions `pos`; attends to keys [0, kv_len)."""
