@@ -7,9 +7,12 @@ batch, the same lr / clipping (ε 0.2, ε_high 0.272) / KL (β 0.01, k3, referen
 token-level loss / group-std scaling, no filtering of constant groups, and the same number of
 steps. Each trainer runs in its own subprocess, one after the other. The first step is warm-up and
 not timed; samples/s = samples per step / mean step time over the other steps, where a step is
-generation + rewards + reference/log-prob passes + forward/backward + optimizer step.
+generation + rewards + reference/log-prob passes + forward/backward + optimizer step. Peak RSS
+is each subprocess's ru_maxrss (model, reference, generation caches, optimizer state).
 
     python benchmarks/bench_grpo.py                       # both on CPU, defaults below
+    python benchmarks/bench_grpo.py --prompts 6 --group 4 --completion-len 32 --steps 5 --threads 2
+                                                          # as recorded in BENCHMARKS.md (2-core CPU)
     python benchmarks/bench_grpo.py --device cuda --prompts 16 --group 8 --completion-len 256
     python benchmarks/bench_grpo.py --only posttrain --steps 2   # quicker
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,7 +66,8 @@ def run_posttrain(args, prompts: Path, out: Path) -> dict:
     # generation here = sampling + verifier rewards, as TRL's _generate_and_score minus its log-prob passes
     res = step_summary([r["time/step_s"] for r in rows], [r["time/generate_s"] for r in rows],
                        args.prompts * args.group)
-    return res | {"reward_mean": sum(r["reward/mean"] for r in rows) / len(rows)}
+    return res | {"reward_mean": sum(r["reward/mean"] for r in rows) / len(rows),
+                  "completion_len": sum(r["response_len/mean"] for r in rows) / len(rows)}
 
 
 def run_trl(args, prompts: Path, out: Path) -> dict:
@@ -117,8 +122,10 @@ def run_trl(args, prompts: Path, out: Path) -> dict:
     trainer.add_callback(Clock())
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     return step_summary(step_s, gen_s, args.prompts * args.group) | {
-        "reward_mean": sum(rewards) / max(len(rewards), 1)}
+        "reward_mean": sum(rewards) / max(len(rewards), 1),
+        "completion_len": sum(lengths) / len(lengths) if lengths else float("nan")}
 
 
 def child(args) -> None:
@@ -131,6 +138,8 @@ def child(args) -> None:
     t0 = time.perf_counter()
     result = fn(args, Path(args.workdir) / "prompts.jsonl", out)
     result["wall_s"] = time.perf_counter() - t0
+    # the whole child process: model, reference, engine / generate caches, optimizer state
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     (Path(args.workdir) / f"{args.child}.json").write_text(json.dumps(result))
 
 
@@ -169,12 +178,16 @@ def main() -> None:
              f"{args.completion_len} completion tokens, {args.steps} steps ({args.steps - 1} timed), "
              f"{args.threads} threads")
     print(f"\nGRPO throughput: {setup}")
-    print(f"{'':<10} {'samples/s':>10} {'s/step':>8} {'gen s/step':>11} {'train s/step':>13} {'wall s':>8}")
+    print(f"{'':<10} {'samples/s':>10} {'s/step':>8} {'gen s/step':>11} {'train s/step':>13} {'wall s':>8} "
+          f"{'peak RSS MB':>12} {'reward':>7} {'tokens':>7}")
     for name, r in results.items():
         print(f"{name:<10} {r['samples_per_s']:>10.2f} {r['step_s']:>8.1f} {r['generate_s']:>11.1f} "
-              f"{r['train_s']:>13.1f} {r['wall_s']:>8.0f}")
+              f"{r['train_s']:>13.1f} {r['wall_s']:>8.0f} {r['peak_rss_mb']:>12.0f} {r['reward_mean']:>7.2f} "
+              f"{r['completion_len']:>7.1f}")
     if len(results) == 2:
-        print(f"posttrain / TRL samples/s: {results['posttrain']['samples_per_s'] / results['trl']['samples_per_s']:.2f}x")
+        p, t = results["posttrain"], results["trl"]
+        print(f"posttrain / TRL samples/s: {p['samples_per_s'] / t['samples_per_s']:.2f}x; "
+              f"peak RSS posttrain / TRL: {p['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({"setup": vars(args), "results": results}, indent=2))
 
