@@ -1,8 +1,11 @@
 """Average greedy response length of several models on the same prompts (the length-bias check:
 summed-log-prob DPO tends to lengthen responses, length-normalised dpo_norm much less).
 
-    python benchmarks/dpo_lengths.py --models base=smollm2-135m dpo=runs/x/final dpo_norm=runs/y/final \
-        --data ../shared/data/preference/hh_rlhf_helpful_base_test.jsonl --skip 560 --prompts 32
+    python benchmarks/dpo_lengths.py --models base=smollm2-135m dpo=runs/pref-evidence/dpo/final \
+        dpo_norm=runs/pref-evidence/dpo_norm/final --skip 560 --prompts 32 --max-new-tokens 128 \
+        --out runs/pref-evidence/lengths.json
+
+(the command behind docs/RESULTS_PREFERENCE.md; --data defaults to the hh-rlhf helpful-base file)
 
 Prompts: the first `--prompts` single-turn prompts after the first `--skip` valid pairs of the
 preference file (pairs a run with data.limit=<skip> never saw), rendered with each model's chat
