@@ -34,7 +34,7 @@ def test_shipped_recipes_load():
 def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = [f"output_dir={out}", f"base_model={tiny_model_dir}", "stages=[decontaminate,sft,eval]",
-                 "eval.tasks=[gsm8k,verifiable]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]"]
+                 "eval.tasks=[gsm8k,verifiable:no_commas]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]"]
     cfg = load_config(PipelineConfig, REPO / "recipes" / "demo.yaml", overrides)
     cfg.sft.overrides = [f"data.paths=[{shared('sft/open_instruct_sft_sample.jsonl')}]", "data.limit=8",
                          "data.max_length=128", "data.too_long=truncate", "train.batch_size=4", "train.max_steps=2",
@@ -50,7 +50,7 @@ def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
     table = json.loads((out / "eval" / "table.json").read_text())
     assert set(table) == {"base", "sft"}
     # the RL task's held-out rows (eval.data in demo.yaml) are scored like every other task
-    assert table["sft"]["verifiable/num_samples"] == 2 and 0 <= table["sft"]["verifiable/accuracy"] <= 1
+    assert table["sft"]["no_commas/num_samples"] == 2 and 0 <= table["sft"]["no_commas/accuracy"] <= 1
     md = (out / "report.md").read_text()
     assert "## Evaluation across stages" in md and "## Decontamination" in md and "sft_curves.png" in md
     assert (out / "plots" / "sft_curves.png").is_file() and (out / "report.html").is_file()

@@ -35,6 +35,13 @@ def test_scores_with_the_rows_verifier_like_the_rl_reward(tmp_path):
     assert task.score(samples[0], "An apple or a pear")["correct"] == 1.0
 
 
+def test_a_named_verifiable_task_reports_under_its_name(tmp_path):
+    task = get_task("verifiable:no_commas")
+    assert task.name == "no_commas" and len(task.load(write(tmp_path, ROWS))) == 2
+    with pytest.raises(ValueError, match="no default data; pass a file of RLVR rows.*no_commas=PATH"):
+        task.load(None)
+
+
 def test_bad_rows_name_the_line(tmp_path):
     task = get_task("verifiable")
     with pytest.raises(ValueError, match="no default data"):

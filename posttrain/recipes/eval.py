@@ -55,12 +55,10 @@ class EvalConfig:
     def validate(self):
         if not self.tasks:
             raise ValueError("tasks is empty: give at least one of " + ", ".join(sorted(TASKS)))
-        for name in self.tasks:
-            if name.strip().lower() not in TASKS:
-                raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        names = [get_task(name).name for name in self.tasks]  # unknown names fail here
         for name in self.data:
-            if name not in self.tasks:
-                raise ValueError(f"data.{name}: '{name}' is not in tasks {self.tasks}")
+            if name not in names:
+                raise ValueError(f"data.{name}: '{name}' is not in tasks {names}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1 or self.flush_every < 0:

@@ -28,8 +28,10 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 def get_task(name: str, **options: Any) -> Task:
     """A task by registry name (`gsm8k`, `math500`, `math`, `ifeval`, `verifiable`); options go to its
-    dataclass."""
+    dataclass. `verifiable:NAME` is a `verifiable` task reported (and given its data) as NAME."""
     key = name.strip().lower()
+    if key.startswith("verifiable:") and len(key) > len("verifiable:"):  # a named held-out RLVR set
+        return VerifiableTask(name=key.split(":", 1)[1], **options)
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[key](**options)
