@@ -33,7 +33,8 @@ def _curves(metrics: list[dict]) -> list[tuple[str, str]]:
         if key is not None:
             out.append((key, title))
     held_out = sorted({k for r in metrics for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
-    out += [(k, f"held-out accuracy: {k.split('/')[1]}") for k in held_out if logged(k)]
+    out += [(k, "held-out accuracy" + (f": {k.split('/')[1]}" if k.count("/") == 2 else ""))
+            for k in held_out if logged(k)]
     return out
 
 
