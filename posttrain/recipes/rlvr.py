@@ -349,9 +349,7 @@ def main(cfg: RLVRConfig) -> Path:
     step_fn = ppo_step if cfg.algorithm == "ppo" else grpo_step
 
     logger = MetricsLogger(run_dir, total_steps, start_step, enabled=True, tensorboard=cfg.run.tensorboard,
-                           desc="rlvr")
-    if not cfg.run.progress and logger.bar is not None:
-        logger.bar.disable = True
+                           desc="rlvr", progress=cfg.run.progress)
     append_samples(run_dir, [], truncate_after=start_step)
     t_start = time.time()
     try:
