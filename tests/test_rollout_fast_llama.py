@@ -100,6 +100,9 @@ def test_shared_prefix_prefill_matches_hf(kind):
     logits = fast.prefill([shots, shots + [60, 61]], slots=[0, 1], sources=[0, 1])
     torch.testing.assert_close(logits[0], _hf_next_logits(model, shots)[-1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits[1], _hf_next_logits(model, shots + [60, 61])[-1], atol=1e-4, rtol=1e-4)
+    fast.min_shared_prefix = 0  # disabled: every prompt runs whole, same logits
+    again = fast.prefill([shots, shots + [60, 61]], slots=[0, 1], sources=[0, 1])
+    torch.testing.assert_close(again, logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fuse", [True, False])

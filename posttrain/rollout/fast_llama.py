@@ -290,10 +290,10 @@ class FastLlama:
         causal masking alone keeps padding out of every real position. When the prompts share a
         long token prefix (few-shot exemplars), it runs once and only the suffixes run per prompt.
         """
-        prefix = _shared_prefix_len(prompts) if len(prompts) > 1 else 0
+        prefix = _shared_prefix_len(prompts) if len(prompts) > 1 and self.min_shared_prefix else 0
         if prefix < self.min_shared_prefix:
             prefix = 0
-        n, T = len(prompts), max(len(p) for p in prompts)
+        n = len(prompts)
         slot_t = torch.tensor(slots, device=self.device)
         src_t = torch.tensor(sources, device=self.device)
         if prefix:
