@@ -36,9 +36,9 @@ def main() -> None:
             best = min(best, time.perf_counter() - t)
         out[label] = (best, logits)
     shared = min(len(p) for p in prompts)
-    from posttrain.rollout.fast_llama import _shared_prefix_len
+    from posttrain.rollout.fast_llama import shared_prefix_len
     print(f"{len(prompts)} GSM8K 8-shot prompts, {sum(map(len, prompts))} tokens, shared prefix "
-          f"{_shared_prefix_len(prompts)} tokens (shortest prompt {shared})")
+          f"{shared_prefix_len(prompts)} tokens (shortest prompt {shared})")
     for label, (sec, _) in out.items():
         print(f"{label:14s} {sec:6.2f} s  {sum(map(len, prompts)) / sec:7.0f} prompt tok/s")
     a, b = out["per prompt"], out["shared prefix"]

@@ -263,3 +263,31 @@ def test_fill_from_tail_moves_only_as_many_rows_as_finished():
     assert _fill_from_tail([0, 1, 2], 5) == [0, 1, 2]  # the tail finished: nothing moves
     assert _fill_from_tail([3, 4], 5) == [4, 3]
     assert _fill_from_tail([], 3) == []
+
+
+def test_cascade_shared_prefix_gives_the_same_samples(tiny):
+    """Prompts sharing >= 32 leading tokens (few-shot exemplars) decode against one copy of the
+    prefix KV; tokens must equal the plain path's and HF generate's, log-probs the plain path's."""
+    shots = [(7 * i) % 90 + 4 for i in range(36)]
+    prompts = [shots + [50, 51], shots + [60], shots + [70, 71, 72], shots + [80, 81, 82, 83]]
+    greedy = SamplingParams(temperature=0, max_new_tokens=10, logprobs=True)
+    eng = Engine(tiny, max_batch_size=2)  # refills mid-wave take the suffix-only prefill path
+    assert eng.backend.cascade
+    cascaded = eng.generate(prompts, greedy)
+    assert eng.backend.base == len(shots)
+    plain = Engine(tiny, max_batch_size=2, cascade=False).generate(prompts, greedy)
+    assert _ids(cascaded) == _ids(plain)
+    for a, b in zip(cascaded, plain):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
+    for prompt, out in zip(prompts, cascaded):
+        ref = tiny.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0)
+        assert out.token_ids == ref[0, len(prompt):].tolist()
+    # n samples of one long prompt share all but its last token
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=8, n=4, seed=3)
+    eng.generate([prompts[3]], sampled)
+    assert eng.backend.base == len(prompts[3]) - 1
+    assert _ids(eng.generate([prompts[3]], sampled)) == _ids(
+        Engine(tiny, cascade=False).generate([prompts[3]], sampled))
+    # short prompts: no cascade
+    eng.generate(PROMPTS, greedy)
+    assert eng.backend.base == 0

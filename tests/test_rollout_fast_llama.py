@@ -129,3 +129,61 @@ def test_unsupported_architectures_are_reported():
     assert "sliding" in fast_path_unsupported_reason(sliding)
     with pytest.raises(ValueError, match="cannot run"):
         FastLlama(gpt2)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_cascade_prefix_decode_matches_hf(kind):
+    """Cascade mode: the prefix KV is held once, rows hold only what follows it, and decode merges
+    the prefix and row softmaxes; logits must still be HF's, through refills and compaction."""
+    model = _model(kind)
+    fast = FastLlama(model, cascade=True)
+    shots = [7, 3, 9, 11, 2, 5, 8, 13, 21, 34, 1, 4]
+    fast.allocate(num_slots=3, max_len=len(shots) + 12, prefix=shots)
+    assert fast.base == len(shots) and fast.max_len < len(shots) + 12 + 64  # rows skip the prefix
+    prompts = [shots + [50, 51, 52], shots + [60], shots + [70, 71, 72, 73]]
+    logits = fast.prefill(prompts, slots=[0, 1, 2], sources=[0, 1, 2])
+    seqs = list(prompts)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _hf_next_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    torch.manual_seed(2)
+    for _ in range(4):
+        new = torch.randint(0, 101, (3,))
+        seqs = [s + [int(t)] for s, t in zip(seqs, new)]
+        logits = fast.decode(new, 3)
+        for row, seq in enumerate(seqs):
+            torch.testing.assert_close(logits[row], _hf_next_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    fast.select([2, 1])  # row 0 finished; row 2 moves down
+    seqs = [seqs[2], seqs[1]]
+    refill = shots + [80, 81]
+    logits = fast.prefill([refill], slots=[2], sources=[0])  # a waiting prompt takes the free row
+    torch.testing.assert_close(logits[0], _hf_next_logits(model, refill)[-1], atol=1e-4, rtol=1e-4)
+    seqs.append(refill)
+    new = torch.tensor([5, 6, 7])
+    logits = fast.decode(new, 3)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(logits[row], _hf_next_logits(model, seq + [int(new[row])])[-1],
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="does not extend the shared prefix"):
+        fast.prefill([[9] + shots], slots=[0], sources=[0])
+    # a plain allocate drops the prefix: rows hold whole sequences again
+    fast.allocate(num_slots=1, max_len=16)
+    assert fast.base == 0
+    torch.testing.assert_close(fast.prefill([[1, 2, 3]], [0], [0])[0], _hf_next_logits(model, [1, 2, 3])[-1],
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_cascade_attention_equals_one_softmax():
+    from posttrain.rollout.fast_llama import cascade_attention
+    torch.manual_seed(0)
+    B, K, G, D, P, L = 3, 2, 2, 8, 5, 4
+    q = torch.randn(B, K, G, D) * 3  # large logits: the merge must stay stable
+    pk, pv = torch.randn(K, P, D), torch.randn(K, P, D)
+    k, v = torch.randn(B, K, L, D), torch.randn(B, K, L, D)
+    visible = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    mask = torch.zeros(B, L).masked_fill(~visible, float("-inf"))[:, None, None, :]
+    got = cascade_attention(q, pk, pv, k, v, mask, 0.5)
+    keys = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)
+    vals = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
+    full_mask = torch.cat([torch.zeros(B, 1, 1, P), mask], dim=-1)
+    want = torch.softmax(q @ keys.transpose(-1, -2) * 0.5 + full_mask, -1) @ vals
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -20,7 +20,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from posttrain.rollout.fast_llama import FastLlama, fast_path_unsupported_reason
+from posttrain.rollout.fast_llama import FastLlama, shared_prefix_len, fast_path_unsupported_reason
 from posttrain.rollout.hf_backend import HFBackend
 from posttrain.rollout.sampling import RowSettings, SamplingParams, sample_next, sequence_key
 
@@ -92,11 +92,15 @@ class Engine:
         are refreshed when the model's parameters change in place, e.g. after an optimizer step).
     overlap: keep one decode step in flight while the host reads the previous one (default: on
         for CUDA; on CPU it only costs one wasted row-step per sequence).
+    cascade: when every prompt of a call shares >= `backend.min_shared_prefix` leading tokens,
+        hold their KV once and attend to it for all rows together (default: on the fast path
+        without CUDA graphs, i.e. on CPU).
     """
 
     def __init__(self, model, tokenizer=None, *, backend: str = "auto", max_batch_size: int = 64,
                  cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
-                 prefill_token_budget: int | None = None, overlap: bool | None = None):
+                 prefill_token_budget: int | None = None, overlap: bool | None = None,
+                 cascade: bool | None = None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"Engine backend must be 'auto', 'fast' or 'hf', got {backend!r}")
         if max_batch_size < 1:
@@ -108,7 +112,7 @@ class Engine:
         if backend == "hf" or reason:
             self.backend: FastLlama | HFBackend = HFBackend(model)
         else:
-            self.backend = FastLlama(model, fuse_weights=fuse_weights, cuda_graphs=cuda_graphs)
+            self.backend = FastLlama(model, fuse_weights=fuse_weights, cuda_graphs=cuda_graphs, cascade=cascade)
         self.device = self.backend.device
         self.max_batch_size = max_batch_size
         # padded prompt tokens per prefill call: bounds activation memory for long prompts
@@ -126,24 +130,33 @@ class Engine:
 
     def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 *, add_special_tokens: bool = False) -> list[Completion]:
+                 *, add_special_tokens: bool = False, prompt_keys: Sequence[int] | None = None) -> list[Completion]:
         """Complete every prompt `params.n` times; results sorted by (prompt, sample) index.
 
         Strings are tokenized with `add_special_tokens=False` by default: chat-templated prompts
         already carry their BOS. `params` may be one SamplingParams or one per prompt.
+        `prompt_keys`: one integer per prompt that, with the seed and the sample index, fixes the
+        sample's random stream (default: the prompt's position). A caller that splits one batch
+        across processes passes the global positions, so each draws what one process would.
         """
         start = time.perf_counter()
         prompts = list(prompts)
         plist = self._params_per_prompt(params, len(prompts))
         token_prompts = self._encode(prompts, add_special_tokens)
-        seqs = self._make_sequences(token_prompts, plist)
+        if prompt_keys is not None and len(prompt_keys) != len(prompts):
+            raise ValueError(f"generate: got {len(prompt_keys)} prompt_keys for {len(prompts)} prompts")
+        seqs = self._make_sequences(token_prompts, plist, prompt_keys)
         if not seqs:
             return []
         self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in token_prompts))
         self.backend.refresh_weights()
         max_len = max(len(s.prompt) + s.max_new for s in seqs)
         num_slots = min(self.max_batch_size, len(seqs))
-        self.backend.allocate(num_slots, max_len)
+        prefix = self._cascade_prefix(seqs)
+        if prefix:
+            self.backend.allocate(num_slots, max_len, prefix=prefix)
+        else:
+            self.backend.allocate(num_slots, max_len)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -182,7 +195,8 @@ class Engine:
             out.append(ids)
         return out
 
-    def _make_sequences(self, prompts: list[list[int]], plist: list[SamplingParams]) -> list[_Seq]:
+    def _make_sequences(self, prompts: list[list[int]], plist: list[SamplingParams],
+                        prompt_keys: Sequence[int] | None = None) -> list[_Seq]:
         limit = self.backend.max_positions
         seeds: dict[int, int] = {}
         seqs = []
@@ -198,8 +212,18 @@ class Engine:
             for j in range(p.n):
                 seqs.append(_Seq(prompt_index=i, sample_index=j, prompt=ids, params=p, stop_ids=stop_ids,
                                  max_new=min(p.max_new_tokens, limit - len(ids)),
-                                 key=sequence_key(seeds[id(p)], i, j)))
+                                 key=sequence_key(seeds[id(p)], i if prompt_keys is None else int(prompt_keys[i]), j)))
         return seqs
+
+    def _cascade_prefix(self, seqs: list[_Seq]) -> list[int] | None:
+        """The leading tokens every prompt of this call shares (few-shot exemplars, or one prompt's
+        n samples), if the backend can hold them once for all rows and they are long enough."""
+        backend = self.backend
+        if not getattr(backend, "cascade", False) or len(seqs) < 2 or not backend.min_shared_prefix:
+            return None
+        uniq = list({id(s.prompt): s.prompt for s in seqs}.values())
+        n = shared_prefix_len(uniq) if len(uniq) > 1 else len(uniq[0]) - 1
+        return uniq[0][:n] if n >= backend.min_shared_prefix else None
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -7,6 +7,11 @@ that share a KV head are folded into SDPA's query-length axis), logits for the l
 position only, and on CUDA one captured graph per (batch bucket, key-length bucket) for decode.
 
 Slots: row r of the cache holds one sequence from position 0; `lengths[r]` tokens are cached.
+With a shared prefix (`allocate(..., prefix=tokens)`, cascade attention) the prefix's KV is held
+once and row r holds positions P.. only: decode attends to the prefix with one matmul over all
+rows and to each row's own keys separately, and merges the two softmaxes by their log-sum-exps.
+A few-shot prompt's exemplars (~800 of GSM8K's ~880 prompt tokens) are then read once per step
+instead of once per row, which on CPU is what bounds decoding at long contexts.
 Active sequences always occupy rows 0..A-1 (the engine compacts rows when sequences finish), so a
 decode step works on a contiguous prefix and a CUDA graph for bucket b >= A covers it; rows A..b-1
 are free and whatever the graph writes there is overwritten by the next prefill into that row.
@@ -47,7 +52,7 @@ def fast_path_unsupported_reason(model) -> str | None:
     return None
 
 
-def _shared_prefix_len(prompts: list[list[int]]) -> int:
+def shared_prefix_len(prompts: list[list[int]]) -> int:
     """Length of the common leading tokens, capped so every prompt keeps at least one of its own."""
     shortest = min(len(p) for p in prompts)
     n = 0
@@ -73,6 +78,33 @@ def rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
+def cascade_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                      scale: float) -> Tensor:
+    """softmax(q . [prefix_k; k]) @ [prefix_v; v] with the prefix shared by every row.
+
+    q [B, K, G, D] (G query heads per KV head), prefix_k/v [K, P, D], k/v [B, K, L, D], additive
+    mask [B, 1, 1, L]. The prefix part is one batched matmul for all B*G queries of a KV head, so
+    its keys are read once rather than B times; the two partial softmaxes are merged through
+    their maxima and sums (the log-sum-exp identity), as flash attention merges its blocks.
+    """
+    b, nk, g, d = q.shape
+    qp = q.transpose(0, 1).reshape(nk, b * g, d)
+    sp = torch.bmm(qp, prefix_k.transpose(1, 2)).mul_(scale)  # [K, B*G, P]
+    mp = sp.amax(-1, keepdim=True)
+    ep = sp.sub_(mp).exp_()
+    lp = ep.sum(-1, keepdim=True)
+    op = torch.bmm(ep, prefix_v)  # [K, B*G, D], unnormalised
+    op, mp, lp = (t.view(nk, b, g, -1).transpose(0, 1) for t in (op, mp, lp))
+    ss = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(mask)  # [B, K, G, L]
+    ms = ss.amax(-1, keepdim=True)
+    es = ss.sub_(ms).exp_()
+    ls = es.sum(-1, keepdim=True)
+    os_ = torch.matmul(es, v)
+    m = torch.maximum(mp, ms)
+    wp, ws = (mp - m).exp_(), (ms - m).exp_()
+    return (op * wp + os_ * ws) / (lp * wp + ls * ws)
+
+
 @dataclass
 class LayerWeights:
     ln_in: Tensor
@@ -96,7 +128,8 @@ class FastLlama:
 
     supports_refill = True
 
-    def __init__(self, model, fuse_weights: bool | None = None, cuda_graphs: bool | None = None):
+    def __init__(self, model, fuse_weights: bool | None = None, cuda_graphs: bool | None = None,
+                 cascade: bool | None = None):
         reason = fast_path_unsupported_reason(model)
         if reason:
             raise ValueError(f"FastLlama cannot run this model: {reason}")
@@ -122,13 +155,20 @@ class FastLlama:
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        # captured graphs would bake in one call's prefix tensors, so cascade runs without them
+        self.cascade = (not self.cuda_graphs) if cascade is None else cascade
+        if self.cascade and self.cuda_graphs:
+            raise ValueError("cascade=True (a shared-prefix KV per call) cannot run with cuda_graphs=True")
         self.layers: list[LayerWeights] = []
         self._sources: list[tuple[Tensor, int, int]] = []  # (param, data_ptr, version) at last build
         self.k_cache: list[Tensor] = []
         self.v_cache: list[Tensor] = []
         self.num_slots = 0
-        self.max_len = 0
-        self.lengths: list[int] = []
+        self.max_len = 0  # cache row capacity, positions base .. base + max_len - 1
+        self.rope_len = 0
+        self.base = 0  # positions held by the shared prefix (cascade), not by the rows
+        self.prefix_kv: list[tuple[Tensor, Tensor]] | None = None  # per layer [1, K, base, D]
+        self.lengths: list[int] = []  # absolute positions (prefix included)
         self._pos_synced = False
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self._pool = None
@@ -196,35 +236,53 @@ class FastLlama:
 
     # -- cache -------------------------------------------------------------------------------
 
-    def allocate(self, num_slots: int, max_len: int) -> None:
-        """Make room for `num_slots` sequences of up to `max_len` tokens (keeps a larger cache)."""
+    def allocate(self, num_slots: int, max_len: int, prefix: list[int] | None = None) -> None:
+        """Make room for `num_slots` sequences of up to `max_len` tokens (keeps a larger cache).
+
+        `prefix`: tokens that every prompt of the coming prefills starts with (cascade mode);
+        their KV is computed here, once, and the rows then hold only what follows them.
+        """
         if max_len > self.max_positions:
             raise ValueError(f"max_len {max_len} exceeds the model's max_position_embeddings {self.max_positions}")
-        if num_slots <= self.num_slots and max_len <= self.max_len:
-            self.lengths = [0] * self.num_slots
-            self._pos_synced = False
-            return
-        num_slots, max_len = max(num_slots, self.num_slots), max(max_len, self.max_len)
-        # round up so that a slightly longer next call reuses the cache and its graphs
-        max_len = min(self.max_positions, -(-max_len // 64) * 64)
-        self.k_cache = self.v_cache = []  # free the old cache before allocating the new one
-        self._graphs.clear()
-        shape = (num_slots, self.num_kv, max_len, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.num_slots, self.max_len = num_slots, max_len
-        self.lengths = [0] * num_slots
-        self._tok = torch.zeros(num_slots, dtype=torch.long, device=self.device)
-        self._pos = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        if prefix and not self.cascade:
+            raise ValueError("allocate(prefix=...) needs cascade=True")
+        if prefix and len(prefix) >= max_len:
+            raise ValueError(f"shared prefix of {len(prefix)} tokens leaves no room in max_len {max_len}")
+        base = len(prefix) if prefix else 0
+        self.base, self.prefix_kv = 0, None
+        if max_len > self.rope_len:
+            self._build_rope(min(self.max_positions, -(-max_len // 64) * 64))
+        row_len = max_len - base
+        if num_slots > self.num_slots or row_len > self.max_len:
+            num_slots, row_len = max(num_slots, self.num_slots), max(row_len, self.max_len)
+            # round up so that a slightly longer next call reuses the cache and its graphs
+            row_len = min(self.max_positions, -(-row_len // 64) * 64)
+            self.k_cache = self.v_cache = []  # free the old cache before allocating the new one
+            self._graphs.clear()
+            shape = (num_slots, self.num_kv, row_len, self.head_dim)
+            self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+            self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+            self.num_slots, self.max_len = num_slots, row_len
+            self._tok = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+            self._pos = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.lengths = [0] * self.num_slots
         self._pos_synced = False
+        if prefix:
+            with torch.inference_mode():
+                self.prefix_kv = self._forward_prompts([list(prefix)], 0, None, None, None)[1]
+            self.base, self.prefix_tokens = base, list(prefix)
+
+    def _build_rope(self, length: int) -> None:
         with torch.no_grad():
-            pos = torch.arange(max_len, device=self.device)[None]
+            pos = torch.arange(length, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = self.model.model.rotary_emb(probe, pos)
         half = self.head_dim // 2
         sin = sin[0].clone()
         sin[:, :half] = -sin[:, :half]
-        self.cos, self.sin = cos[0], sin  # [max_len, D]; sin with its first half negated
+        self.cos, self.sin = cos[0], sin  # [length, D]; sin with its first half negated
+        self.rope_len = length
+        self._graphs.clear()  # captured graphs read the old tables
 
     def select(self, order: list[int]) -> None:
         """Keep rows `order` as the new rows 0..len(order)-1 (compaction after finishes)."""
@@ -290,19 +348,25 @@ class FastLlama:
         causal masking alone keeps padding out of every real position. When the prompts share a
         long token prefix (few-shot exemplars), it runs once and only the suffixes run per prompt.
         """
-        prefix = _shared_prefix_len(prompts) if len(prompts) > 1 and self.min_shared_prefix else 0
-        if prefix < self.min_shared_prefix:
-            prefix = 0
         n = len(prompts)
         slot_t = torch.tensor(slots, device=self.device)
         src_t = torch.tensor(sources, device=self.device)
-        if prefix:
-            prefix_kv = self._forward_prompts([prompts[0][:prefix]], 0, None, None, None)[1]
-            for li, (k, v) in enumerate(prefix_kv):
-                self.k_cache[li][slot_t, :, :prefix] = k
-                self.v_cache[li][slot_t, :, :prefix] = v
-        else:
+        if self.base:  # cascade: every prompt starts with the prefix allocate() ran
+            prefix = self.base
+            for i, p in enumerate(prompts):
+                if len(p) <= prefix or p[:prefix] != self.prefix_tokens:
+                    raise ValueError(f"prefill: prompt {i} does not extend the shared prefix given to allocate()")
+            prefix_kv = self.prefix_kv
+        else:  # prompts of this call that share leading tokens run them once, written to each row
+            prefix = shared_prefix_len(prompts) if len(prompts) > 1 and self.min_shared_prefix else 0
+            if prefix < self.min_shared_prefix:
+                prefix = 0
             prefix_kv = None
+            if prefix:
+                prefix_kv = self._forward_prompts([prompts[0][:prefix]], 0, None, None, None)[1]
+                for li, (k, v) in enumerate(prefix_kv):
+                    self.k_cache[li][slot_t, :, :prefix] = k
+                    self.v_cache[li][slot_t, :, :prefix] = v
         x, _ = self._forward_prompts([p[prefix:] for p in prompts], prefix, prefix_kv, slot_t, src_t)
         last = torch.tensor([len(p) - 1 - prefix for p in prompts], device=self.device)
         logits = self._logits(x[torch.arange(n, device=self.device), last])
@@ -333,9 +397,10 @@ class FastLlama:
             q, k, v = self._split_heads(w, self._qkv(w, h), cos, sin)  # [n, T, *, D]
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             kvs.append((k, v))
-            if slot_t is not None:
-                self.k_cache[li][slot_t, :, start:start + T] = k.index_select(0, src_t)
-                self.v_cache[li][slot_t, :, start:start + T] = v.index_select(0, src_t)
+            if slot_t is not None:  # rows hold positions from self.base on
+                at = start - self.base
+                self.k_cache[li][slot_t, :, at:at + T] = k.index_select(0, src_t)
+                self.v_cache[li][slot_t, :, at:at + T] = v.index_select(0, src_t)
             if prefix_kv is not None:
                 pk, pv = prefix_kv[li]
                 k = torch.cat([pk.expand(n, -1, -1, -1), k], dim=2)
@@ -351,8 +416,9 @@ class FastLlama:
         b = tok.shape[0]
         rows = torch.arange(b, device=tok.device)
         cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        at = pos - self.base if self.base else pos  # row index of each position
         # additive mask in the model dtype, built once per step (a bool mask is converted per layer)
-        visible = torch.arange(kv_len, device=tok.device)[None, :] <= pos[:, None]
+        visible = torch.arange(kv_len, device=tok.device)[None, :] <= at[:, None]
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=tok.device).masked_fill_(
             ~visible, float("-inf"))[:, None, None, :]
         x = F.embedding(tok, self.embed)
@@ -360,12 +426,17 @@ class FastLlama:
             h = rms_norm(x, w.ln_in, self.eps)
             q, k, v = self._split_heads(w, self._qkv(w, h), cos, sin)  # [b, *, D]
             kc, vc = self.k_cache[li], self.v_cache[li]
-            kc[rows, :, pos] = k
-            vc[rows, :, pos] = v
+            kc[rows, :, at] = k
+            vc[rows, :, at] = v
             # fold the G query heads of each KV head into the query axis: no repeat_kv copy
             q = q.reshape(b, self.num_kv, self.group, self.head_dim)
-            attn = F.scaled_dot_product_attention(q, kc[:b, :, :kv_len], vc[:b, :, :kv_len],
-                                                  attn_mask=mask, scale=self.scaling)
+            if self.base:
+                pk, pv = self.prefix_kv[li]
+                attn = cascade_attention(q, pk[0], pv[0], kc[:b, :, :kv_len], vc[:b, :, :kv_len], mask,
+                                         self.scaling)
+            else:
+                attn = F.scaled_dot_product_attention(q, kc[:b, :, :kv_len], vc[:b, :, :kv_len],
+                                                      attn_mask=mask, scale=self.scaling)
             x = x + F.linear(attn.reshape(b, -1), w.o, w.o_bias)
             x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
         return self._logits(x)
@@ -384,7 +455,7 @@ class FastLlama:
         """Feed tokens [active] to rows 0..active-1; returns logits [active, V]."""
         assert tokens.shape[0] == active <= self.num_slots
         pos = self.lengths[:active]
-        kv_len = max(pos) + 1
+        kv_len = max(pos) + 1 - self.base  # row keys to attend to (the prefix's come on top)
         assert kv_len <= self.max_len, "engine must stop sequences before the cache is full"
         if not self._pos_synced:  # positions live on the device; rewrite them only after changes
             # all rows: a graph for bucket b > active also reads the free rows' positions, which
