@@ -7,6 +7,13 @@ penalty) → clipped policy-gradient updates with separate ε_low/ε_high, trunc
 sampling between the generator's and the trainer's log-probs, and (GRPO) a KL loss term →
 metrics, held-out evaluation, checkpoints. Sync mode is exactly reproducible, so a resumed run
 continues the same curve.
+
+Under torchrun the policy (and reference and value models) are FSDP2-sharded for training, and
+each rank generates with its own unsharded copy of the policy, refreshed from the shards after
+every update: rank r samples the prompts at positions r, r + world, ... of the step, with the
+random streams those positions have in one process, and the shards are gathered so every rank
+holds the whole batch (same advantages, filters and token counts everywhere). Evaluation runs on
+rank 0. Two processes reproduce the one-process run (tests/test_rlvr_distributed.py).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from posttrain.rl.async_worker import AsyncRolloutWorker
 from posttrain.rl.buffer import TrainSamples, per_sample_to_tokens
 from posttrain.rl.evaluate import evaluate_prompts
 from posttrain.rl.rewards import RewardModelScorer
-from posttrain.rl.rollouts import Prompt, RolloutBatch, RolloutSettings, encode_prompts, generate_rollouts
+from posttrain.rl.rollouts import (Prompt, RolloutBatch, RolloutSettings, encode_prompts, generate_rollouts,
+                                   merge_rollouts)
 from posttrain.rl.update import (PassSettings, PolicyLoss, policy_update, score_logprobs, score_values,
                                  value_update)
 from posttrain.rollout import Engine
@@ -40,7 +48,9 @@ from posttrain.train import checkpoint as ckpt
 from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, RunConfig, config_text,
                                     load_for_training, peak_rss_mb, prepare_run_dir, resolve_dtype, seed_everything,
                                     write_summary)
-from posttrain.train.dist import cleanup, init_distributed, print0
+from posttrain.train.dist import DistInfo, cleanup, init_distributed, print0
+from posttrain.train.parallel import (copy_full_weights, full_state_dict, load_model_state, load_optimizer_state,
+                                      model_state_dict, optimizer_state_dict, parallelize)
 from posttrain.train.metrics import MetricsLogger
 from posttrain.train.optim import build_optimizer, build_scheduler
 
@@ -196,9 +206,10 @@ def frozen(model):
     return model
 
 
-def reference_and_old(samples: TrainSamples, policy, ref, need_old: bool, cfg: RLVRConfig, device) -> None:
+def reference_and_old(samples: TrainSamples, policy, ref, need_old: bool, cfg: RLVRConfig, device,
+                      info: DistInfo) -> None:
     """Reference log-probs (no gradients kept) and, when needed, π_old before any update."""
-    s = (cfg.train.micro_batch_tokens, cfg.rollout.temperature, device)
+    s = (cfg.train.micro_batch_tokens, cfg.rollout.temperature, device, info)
     if ref is not None:
         samples.set("ref_logprobs", score_logprobs(ref, samples, *s))
     if need_old:
@@ -211,7 +222,8 @@ def train_samples(batch: RolloutBatch, keep: list[int]) -> TrainSamples:
     return samples
 
 
-def grpo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassSettings, device, **_) -> dict:
+def grpo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassSettings, device, info,
+              **_) -> dict:
     sel = grpo_selection(batch.rewards, batch.group_size, cfg.train.normalize_adv_std, cfg.train.filter_constant_groups)
     stats = {"groups/total": sel.num_groups, "groups/constant": sel.num_constant_groups,
              "groups/filtered": sel.num_constant_groups if cfg.train.filter_constant_groups else 0,
@@ -220,16 +232,16 @@ def grpo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: Pass
         return stats
     samples = train_samples(batch, sel.keep)
     samples.set("advantages", per_sample_to_tokens(sel.advantages[sel.keep], samples.response_lengths))
-    reference_and_old(samples, policy, ref, not passes.single_pass, cfg, device)
-    return stats | policy_update(policy, optimizer, samples, loss, passes, device)
+    reference_and_old(samples, policy, ref, not passes.single_pass, cfg, device, info)
+    return stats | policy_update(policy, optimizer, samples, loss, passes, device, info)
 
 
-def ppo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassSettings, device, *, value_model,
-             value_optimizer) -> dict:
+def ppo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassSettings, device, info, *,
+             value_model, value_optimizer) -> dict:
     samples = train_samples(batch, list(range(batch.num_samples)))
     kl_in_reward = cfg.kl.placement == "reward" and ref is not None
-    reference_and_old(samples, policy, ref, kl_in_reward or not passes.single_pass, cfg, device)
-    values = score_values(value_model, samples, cfg.train.micro_batch_tokens, device)
+    reference_and_old(samples, policy, ref, kl_in_reward or not passes.single_pass, cfg, device, info)
+    values = score_values(value_model, samples, cfg.train.micro_batch_tokens, device, info)
     token_rewards = ppo_token_rewards(batch.rewards, samples.response_lengths, samples.token.get("old_logprobs"),
                                       samples.token.get("ref_logprobs"), cfg.kl.beta if kl_in_reward else 0.0,
                                       cfg.kl.estimator)
@@ -239,9 +251,9 @@ def ppo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassS
     samples.set("old_values", values)
     stats = {"samples/trained": len(samples), "value/mean": torch.cat(values).mean().item(),
              "returns/mean": torch.cat(returns).mean().item()}
-    stats |= policy_update(policy, optimizer, samples, loss, passes, device)
+    stats |= policy_update(policy, optimizer, samples, loss, passes, device, info)
     return stats | value_update(value_model, value_optimizer, samples, cfg.ppo.value_clip, cfg.ppo.value_coef,
-                                passes, device)
+                                passes, device, info)
 
 
 def run_evals(engine, sets: dict[str, list[Prompt]], cfg: RLVRConfig, log) -> dict[str, float]:
@@ -268,9 +280,6 @@ def append_samples(run_dir: Path, samples: list[dict], truncate_after: int | Non
 
 def main(cfg: RLVRConfig) -> Path:
     info = init_distributed(cfg.run.device)
-    if info.distributed:
-        raise ValueError("posttrain rlvr runs as one process (generation and training share the device); "
-                         "launch it without torchrun")
     log = lambda msg: print0(msg, info=info)  # noqa: E731
     run_dir = prepare_run_dir(cfg, cfg.run, info, "rlvr")
     seed_everything(cfg.run.seed)
@@ -282,6 +291,9 @@ def main(cfg: RLVRConfig) -> Path:
     P, k = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     if len(prompts) < P:
         raise ValueError(f"{len(prompts)} prompts but rollout.prompts_per_step={P}")
+    if P < info.world_size:
+        raise ValueError(f"rollout.prompts_per_step={P} is less than the {info.world_size} processes: every "
+                         f"rank samples at least one prompt")
     eval_sets = {Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit) for p in cfg.eval.paths}
     final_sets = {Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit)
                   for p in cfg.eval.final_paths}
@@ -290,6 +302,9 @@ def main(cfg: RLVRConfig) -> Path:
 
     resume_from = ckpt.latest_checkpoint(run_dir) if cfg.run.resume else None
     policy = load_for_training(cfg.model, info, dtype, init_from=str(resume_from) if resume_from else None)
+    # the generator: the policy itself in one process; under FSDP an unsharded copy per rank
+    generator = frozen(copy.deepcopy(policy)) if info.distributed else policy
+    policy = parallelize(policy, info)
     optimizer = build_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
                                 cfg.optim.eps)
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, total_steps, cfg.optim.warmup_ratio,
@@ -298,10 +313,10 @@ def main(cfg: RLVRConfig) -> Path:
     if cfg.kl.beta > 0:  # always the original weights, also when resuming
         ref_cfg = dataclasses.replace(cfg.model, name_or_path=cfg.kl.reference or cfg.model.name_or_path,
                                       gradient_checkpointing=False)
-        ref = frozen(load_for_training(ref_cfg, info, dtype))
+        ref = parallelize(frozen(load_for_training(ref_cfg, info, dtype)), info)
     extra = {}  # PPO: the value model and its optimizer
     if cfg.algorithm == "ppo":
-        value_model = load_value_model(cfg, tokenizer, dtype, device)
+        value_model = parallelize(load_value_model(cfg, tokenizer, dtype, device), info)
         value_optimizer = build_optimizer(value_model, cfg.ppo.value_lr or cfg.optim.lr, cfg.optim.weight_decay,
                                           (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps)
         extra = {"value_model": value_model.train(), "value_optimizer": value_optimizer}
@@ -310,11 +325,11 @@ def main(cfg: RLVRConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(policy, optimizer, state["optimizer"], info)
         scheduler.load_state_dict(state["scheduler"])
         if extra:
-            extra["value_model"].load_state_dict(state["value_model"])
-            extra["value_optimizer"].load_state_dict(state["value_optimizer"])
+            load_model_state(extra["value_model"], state["value_model"], info)
+            load_optimizer_state(extra["value_model"], extra["value_optimizer"], state["value_optimizer"], info)
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
         log(f"[resume] from {resume_from} at step {start_step}/{total_steps}")
@@ -325,18 +340,20 @@ def main(cfg: RLVRConfig) -> Path:
         return Engine(model, tokenizer, backend=cfg.rollout.engine_backend,
                       max_batch_size=cfg.rollout.engine_max_batch_size)
 
-    engine = make_engine(policy)  # sync rollouts and evaluation
+    engine = make_engine(generator)  # sync rollouts and evaluation
     settings = RolloutSettings(k, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                                tuple(cfg.rollout.stop), cfg.reward.correct_value, cfg.reward.truncated_reward,
                                cfg.reward.rm_weight, ignore_eos=cfg.rollout.ignore_eos)
 
     def produce(eng, step: int, version: int) -> RolloutBatch:
+        """This rank's share of the step's batch (all of it in one process)."""
         idx = step_indices(len(prompts), P, step, steps_per_epoch, cfg.run.seed)
-        return generate_rollouts(eng, prompts, idx, step, version, cfg.run.seed, settings, rm)
+        return generate_rollouts(eng, prompts, idx, step, version, cfg.run.seed, settings, rm,
+                                 shard=(info.rank, info.world_size))
 
     worker = None
     if cfg.rollout.mode == "async":
-        gen_engine = make_engine(frozen(copy.deepcopy(policy)))
+        gen_engine = make_engine(frozen(copy.deepcopy(generator)))
         worker = AsyncRolloutWorker(gen_engine.model, lambda _m, step, v: produce(gen_engine, step, v),
                                     start_step=start_step, end_step=total_steps,
                                     max_staleness=cfg.rollout.max_staleness,
@@ -348,27 +365,31 @@ def main(cfg: RLVRConfig) -> Path:
                       cfg.kl.beta if cfg.kl.placement == "loss" else 0.0, cfg.kl.estimator, cfg.rollout.temperature)
     step_fn = ppo_step if cfg.algorithm == "ppo" else grpo_step
 
-    logger = MetricsLogger(run_dir, total_steps, start_step, enabled=True, tensorboard=cfg.run.tensorboard,
+    logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main, tensorboard=cfg.run.tensorboard,
                            desc="rlvr", progress=cfg.run.progress)
-    append_samples(run_dir, [], truncate_after=start_step)
+    if info.is_main:
+        append_samples(run_dir, [], truncate_after=start_step)
     t_start = time.time()
     try:
-        if start_step == 0 and cfg.eval.at_start and (eval_sets or final_sets):
+        if start_step == 0 and cfg.eval.at_start and (eval_sets or final_sets) and info.is_main:
             logger.log(0, run_evals(engine, eval_sets | final_sets, cfg, log))
         policy.train()
         for step in range(start_step, total_steps):
             t0 = time.perf_counter()
             batch = worker.get(step) if worker else produce(engine, step, step)
+            batch = gather_batch(batch, info)
             t1 = time.perf_counter()
             passes = PassSettings(cfg.train.epochs, cfg.train.num_minibatches, cfg.train.micro_batch_tokens,
                                   cfg.optim.max_grad_norm, seed=cfg.run.seed * 100003 + step)
             lr = scheduler.get_last_lr()[0]
-            stats = step_fn(cfg, batch, policy, ref, optimizer, loss, passes, device, **extra)
+            stats = step_fn(cfg, batch, policy, ref, optimizer, loss, passes, device, info, **extra)
             with warnings.catch_warnings():  # a step whose groups were all filtered made no update
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                 scheduler.step()
-            if worker:
-                worker.push_weights(step + 1, policy)
+            if worker and step + 1 <= worker.last_needed_version:
+                worker.push_weights(step + 1, full_state_dict(policy) if info.distributed else policy)
+            if info.distributed:  # the sync generator follows the shards
+                copy_full_weights(generator, policy)
             t2 = time.perf_counter()
             done = step + 1
             n, tokens = batch.num_samples, float(batch.response_lengths.sum())
@@ -378,34 +399,54 @@ def main(cfg: RLVRConfig) -> Path:
                 "time/reward_s": batch.reward_seconds, "time/wait_s": t1 - t0, "time/train_s": t2 - t1,
                 "time/step_s": t2 - t0, "elapsed_s": time.time() - t_start,
             }
-            if eval_sets and ((cfg.eval.every_steps and done % cfg.eval.every_steps == 0) or done == total_steps):
-                metrics |= run_evals(engine, eval_sets, cfg, log)
-            if final_sets and done == total_steps:
-                metrics |= run_evals(engine, final_sets, cfg, log)
+            if info.is_main:  # evaluation, metrics and samples are rank 0's
+                if eval_sets and ((cfg.eval.every_steps and done % cfg.eval.every_steps == 0) or done == total_steps):
+                    metrics |= run_evals(engine, eval_sets, cfg, log)
+                if final_sets and done == total_steps:
+                    metrics |= run_evals(engine, final_sets, cfg, log)
+                append_samples(run_dir, batch.samples)
             logger.log(done, metrics)
-            append_samples(run_dir, batch.samples)
             if cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0 and done < total_steps:
-                save(cfg, run_dir, done, policy, tokenizer, optimizer, scheduler, extra)
+                save(cfg, run_dir, done, policy, tokenizer, optimizer, scheduler, extra, info)
     finally:
         if worker:
             worker.close()
         logger.close()
     final = run_dir / "final"
-    ckpt.save_hf(policy, tokenizer, final)
-    if extra:
-        ckpt.save_hf(extra["value_model"], tokenizer, run_dir / "final_value")
-    write_summary(run_dir, {"stage": "rlvr", "algorithm": cfg.algorithm, "steps": total_steps,
-                            "prompts": len(prompts), "wall_s": time.time() - t_start,
-                            "peak_rss_mb": peak_rss_mb(), "final_model": str(final)})
+    sd = model_state_dict(policy, info)  # collective under FSDP
+    value_sd = model_state_dict(extra["value_model"], info) if extra else None
+    if info.is_main:
+        ckpt.save_hf(generator if info.distributed else policy, tokenizer, final, state_dict=sd)
+        if extra:
+            ckpt.save_hf(extra["value_model"], tokenizer, run_dir / "final_value", state_dict=value_sd)
+        write_summary(run_dir, {"stage": "rlvr", "algorithm": cfg.algorithm, "steps": total_steps,
+                                "prompts": len(prompts), "world_size": info.world_size,
+                                "wall_s": time.time() - t_start, "peak_rss_mb": peak_rss_mb(),
+                                "final_model": str(final)})
     log(f"[rlvr] done: {total_steps} steps; model saved to {final}")
     cleanup(info)
     return final
 
 
-def save(cfg, run_dir, step, policy, tokenizer, optimizer, scheduler, extra):
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": ckpt.rng_state()}
+def gather_batch(batch: RolloutBatch, info: DistInfo) -> RolloutBatch:
+    """Every rank's share of the step -> the whole batch, on every rank."""
+    if not info.distributed:
+        return batch
+    import torch.distributed as dist
+
+    parts: list[RolloutBatch | None] = [None] * info.world_size
+    dist.all_gather_object(parts, batch)
+    return merge_rollouts(parts)
+
+
+def save(cfg, run_dir, step, policy, tokenizer, optimizer, scheduler, extra, info: DistInfo):
+    """A resumable checkpoint; collective under FSDP (full states gathered), written by rank 0."""
+    sd = model_state_dict(policy, info)
+    state = {"step": step, "optimizer": optimizer_state_dict(policy, optimizer, info),
+             "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
     if extra:
-        state |= {"value_model": extra["value_model"].state_dict(),
-                  "value_optimizer": extra["value_optimizer"].state_dict()}
-    ckpt.save_checkpoint(run_dir, step, policy, tokenizer, state, config_text(cfg), cfg.checkpoint.keep_last)
+        value_sd = model_state_dict(extra["value_model"], info)
+        state |= {"value_model": value_sd if value_sd is not None else extra["value_model"].state_dict(),
+                  "value_optimizer": optimizer_state_dict(extra["value_model"], extra["value_optimizer"], info)}
+    ckpt.save_checkpoint(run_dir, step, getattr(policy, "module", policy), tokenizer, state, config_text(cfg),
+                         cfg.checkpoint.keep_last, state_dict=sd, write=info.is_main)

@@ -124,11 +124,12 @@ class AsyncRolloutWorker:
         assert item.step == step, f"rollout batches out of order: got step {item.step}, expected {step}"
         return item
 
-    def push_weights(self, version: int, model: torch.nn.Module) -> None:
-        """Hand the policy after `version` updates to the generator (a copy: training goes on)."""
+    def push_weights(self, version: int, model: torch.nn.Module | dict) -> None:
+        """Hand the policy after `version` updates to the generator (a copy: training goes on).
+        `model` may also be a state dict the caller already copied (a sharded policy's, gathered)."""
         if version > self.last_needed_version:
             return  # no batch left to generate with it
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = model if isinstance(model, dict) else {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
             self._weights.put((version, state), timeout=self.weight_timeout_s)
         except queue.Full:

@@ -109,20 +109,28 @@ class RolloutSettings:
 
 
 def generate_rollouts(engine: Engine, prompts: Sequence[Prompt], indices: Sequence[int], step: int, version: int,
-                      seed: int, s: RolloutSettings, rm: RMScorer | None = None) -> RolloutBatch:
-    """Sample `s.group_size` responses for each prompt in `indices` and score them."""
+                      seed: int, s: RolloutSettings, rm: RMScorer | None = None,
+                      shard: tuple[int, int] = (0, 1)) -> RolloutBatch:
+    """Sample `s.group_size` responses for each prompt in `indices` and score them.
+
+    `shard=(rank, world)`: only the prompts at positions rank, rank + world, ... of `indices`, with
+    the random streams those positions have in the whole batch (`merge_rollouts` reassembles it).
+    """
+    rank, world = shard
+    positions = list(range(rank, len(indices), world))
+    indices = [indices[p] for p in positions]
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                             n=s.group_size, stop=tuple(s.stop), seed=step_seed(seed, step), logprobs=True,
                             ignore_eos=s.ignore_eos)
     t0 = time.perf_counter()
-    outs = engine.generate([prompts[i].ids for i in indices], params)
+    outs = engine.generate([prompts[i].ids for i in indices], params, prompt_keys=positions) if indices else []
     t1 = time.perf_counter()
     assert len(outs) == len(indices) * s.group_size and all(o.token_ids for o in outs)
     rows = [prompts[indices[o.prompt_index]].row for o in outs]
     texts = [o.text for o in outs]
     scores = verifier_scores(texts, rows)
     truncated = torch.tensor([o.finish_reason == "length" for o in outs])
-    rm_scores = rm(rows, texts) if rm is not None else None
+    rm_scores = rm(rows, texts) if rm is not None and rows else None
     rewards = combine_rewards(scores, truncated, s.correct_value, s.truncated_reward, rm_scores, s.rm_weight)
     t2 = time.perf_counter()
     samples = [{"step": step + 1, "prompt": rows[i].messages[-1]["content"], "response": texts[i],
@@ -134,4 +142,32 @@ def generate_rollouts(engine: Engine, prompts: Sequence[Prompt], indices: Sequen
         gen_logprobs=[list(o.logprobs) for o in outs], texts=texts,
         finish_reasons=[o.finish_reason for o in outs], verifier_keys=[r.verifier_key for r in rows],
         scores=scores, rewards=rewards, gen_seconds=t1 - t0, reward_seconds=t2 - t1, samples=samples,
+    )
+
+
+def merge_rollouts(parts: Sequence[RolloutBatch]) -> RolloutBatch:
+    """The whole step's batch from the shards `generate_rollouts(..., shard=(r, len(parts)))` made:
+    prompt p of the batch is prompt p // world of shard p % world, its k samples kept together."""
+    world, k = len(parts), parts[0].group_size
+    if world == 1:
+        return parts[0]
+    order = []  # (shard, first sample of the group) in batch order
+    counts = [p.num_samples // k for p in parts]
+    for pos in range(sum(counts)):
+        order.append((pos % world, (pos // world) * k))
+
+    def gather(get):
+        return [x for r, start in order for x in get(parts[r])[start:start + k]]
+
+    def gather_t(get):
+        return torch.cat([get(parts[r])[start:start + k] for r, start in order]) if order else torch.zeros(0)
+
+    return RolloutBatch(
+        step=parts[0].step, policy_version=parts[0].policy_version, group_size=k,
+        prompt_ids=gather(lambda b: b.prompt_ids), response_ids=gather(lambda b: b.response_ids),
+        gen_logprobs=gather(lambda b: b.gen_logprobs), texts=gather(lambda b: b.texts),
+        finish_reasons=gather(lambda b: b.finish_reasons), verifier_keys=gather(lambda b: b.verifier_keys),
+        scores=gather_t(lambda b: b.scores), rewards=gather_t(lambda b: b.rewards),
+        gen_seconds=max(b.gen_seconds for b in parts), reward_seconds=max(b.reward_seconds for b in parts),
+        samples=[x for b in parts for x in b.samples][: max(len(b.samples) for b in parts)],
     )

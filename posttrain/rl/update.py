@@ -3,6 +3,11 @@
 Only response positions go through the LM head (`logits_to_keep`): prompt tokens need no logits.
 Losses are summed per micro-batch and divided by the minibatch's response-token count (counted
 before the forward passes), so the gradient is the same however a minibatch is split.
+
+Under torchrun every rank holds the whole rollout batch, so the micro-batch plan and the token
+counts are the same everywhere; rank r runs micro-batches r, r + world, ... and pads with
+zero-weight passes so that all ranks join the same number of FSDP collectives. Scores (reference
+and old log-probs, values) are gathered back to every rank.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from posttrain.data.packing import PackedBatch, packed_forward, plan_micro_batch
 from posttrain.losses.pg import KLEstimator, kl_penalty, policy_gradient_loss, token_level_loss
 from posttrain.losses.ppo import value_loss
 from posttrain.rl.buffer import TrainSamples
+from posttrain.train.dist import DistInfo
 from posttrain.train.logprobs import entropy_from_logits, token_logprobs
+from posttrain.train.parallel import sync_grads_context
+from posttrain.train.refcache import reshard
+
+ONE_PROCESS = DistInfo()
 
 
 def response_logits(model, batch: PackedBatch) -> tuple[Tensor, Tensor]:
@@ -57,26 +67,82 @@ def _micro_batches(samples: TrainSamples, idx: list[int], budget: int) -> Iterat
         yield [idx[j] for j in group]
 
 
+def _rank_micro_batches(samples: TrainSamples, idx: list[int], budget: int, info: DistInfo) -> list[list[int] | None]:
+    """This rank's micro-batches of `idx`, padded with None (a zero-weight pass) to the same count
+    on every rank."""
+    plan = list(_micro_batches(samples, idx, budget))
+    if not info.distributed:
+        return plan
+    mine = plan[info.rank::info.world_size]
+    return mine + [None] * (-(-len(plan) // info.world_size) - len(mine))
+
+
+def _padding_pass(model, info: DistInfo, backward: bool) -> None:
+    """A one-token forward (and zero backward) so this rank joins the other ranks' collectives."""
+    out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=info.device), use_cache=False)
+    if backward:
+        (out.logits.float().sum() * 0.0).backward()
+
+
+def _gather_scores(local: dict[int, Tensor], n: int, info: DistInfo) -> list[Tensor]:
+    """Per-sample tensors computed by each rank for its samples -> all n, on every rank."""
+    if info.distributed:
+        import torch.distributed as dist
+
+        parts: list[dict[int, Tensor]] = [{} for _ in range(info.world_size)]
+        dist.all_gather_object(parts, local)
+        local = {i: t for part in parts for i, t in part.items()}
+    assert sorted(local) == list(range(n)), "every sample is scored exactly once"
+    return [local[i] for i in range(n)]
+
+
+def _all_reduce(sums: "_Sums", info: DistInfo) -> None:
+    """Sum the statistics over ranks (the `*_max` ones take the maximum)."""
+    if not info.distributed or not sums.v:
+        return
+    import torch.distributed as dist
+
+    keys = sorted(sums.v)
+    for op, names in ((dist.ReduceOp.SUM, [k for k in keys if not k.endswith("_max")]),
+                      (dist.ReduceOp.MAX, [k for k in keys if k.endswith("_max")])):
+        if names:
+            t = torch.tensor([sums.v[k] for k in names], dtype=torch.float64)
+            dist.all_reduce(t, op=op)
+            sums.v.update(zip(names, t.tolist()))
+
+
 def _split(tensor: Tensor, idx: list[int], samples: TrainSamples) -> list[Tensor]:
     return list(tensor.detach().float().cpu().split([samples.response_lengths[i] for i in idx]))
 
 
 @torch.no_grad()
-def score_logprobs(model, samples: TrainSamples, micro_batch_tokens: int, temperature: float, device) -> list[Tensor]:
+def score_logprobs(model, samples: TrainSamples, micro_batch_tokens: int, temperature: float, device,
+                   info: DistInfo = ONE_PROCESS) -> list[Tensor]:
     """Per-sample response log-probs without gradients (reference, or the policy before updating)."""
-    out: list[Tensor] = []
-    for idx in _micro_batches(samples, list(range(len(samples))), micro_batch_tokens):
+    out: dict[int, Tensor] = {}
+    for idx in _rank_micro_batches(samples, list(range(len(samples))), micro_batch_tokens, info):
+        if idx is None:
+            _padding_pass(model, info, backward=False)
+            continue
         lp, _ = response_logprobs(model, samples.pack(idx).to(device), temperature)
-        out += _split(lp, idx, samples)
-    return out
+        out.update(zip(idx, _split(lp, idx, samples)))
+    if info.distributed:
+        reshard(model)
+    return _gather_scores(out, len(samples), info)
 
 
 @torch.no_grad()
-def score_values(value_model, samples: TrainSamples, micro_batch_tokens: int, device) -> list[Tensor]:
-    out: list[Tensor] = []
-    for idx in _micro_batches(samples, list(range(len(samples))), micro_batch_tokens):
-        out += _split(response_values(value_model, samples.pack(idx).to(device)), idx, samples)
-    return out
+def score_values(value_model, samples: TrainSamples, micro_batch_tokens: int, device,
+                 info: DistInfo = ONE_PROCESS) -> list[Tensor]:
+    out: dict[int, Tensor] = {}
+    for idx in _rank_micro_batches(samples, list(range(len(samples))), micro_batch_tokens, info):
+        if idx is None:
+            _padding_pass(value_model, info, backward=False)
+            continue
+        out.update(zip(idx, _split(response_values(value_model, samples.pack(idx).to(device)), idx, samples)))
+    if info.distributed:
+        reshard(value_model)
+    return _gather_scores(out, len(samples), info)
 
 
 @dataclass(frozen=True)
@@ -141,50 +207,35 @@ class _Sums:
 
 
 def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, passes: PassSettings,
-                  device) -> dict[str, float]:
+                  device, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
     """Optimizer steps of the policy on `samples` (needs token tensors "advantages",
     "gen_logprobs"; "ref_logprobs" when loss.kl_beta > 0; "old_logprobs" unless single-pass,
     where π_old is the policy itself and its detached log-probs are used)."""
     sums, first = _Sums(), _Sums()
     use_old = samples.has("old_logprobs")
     assert use_old or passes.single_pass, "several passes need old log-probs computed before the first update"
-    steps, grad_norms, objective = 0, 0.0, 0.0
+    steps, grad_norms = 0, 0.0
     for epoch in range(passes.epochs):
         for mb in minibatches(len(samples), passes, epoch):
-            n_tokens = sum(samples.response_lengths[i] for i in mb)
-            for idx in _micro_batches(samples, mb, passes.micro_batch_tokens):
-                lp, logits = response_logprobs(model, samples.pack(idx).to(device), loss.temperature)
-                old = samples.cat("old_logprobs", idx).to(device) if use_old else lp.detach()
-                gen = samples.cat("gen_logprobs", idx).to(device)
-                adv = samples.cat("advantages", idx).to(device)
-                ones = torch.ones_like(lp)[None]
-                out = policy_gradient_loss(lp[None], old[None], adv[None], ones, eps_low=loss.eps_low,
-                                           eps_high=loss.eps_high, tis_cap=loss.tis_cap or 2.0,
-                                           generator_logprobs=gen[None] if loss.tis_cap else None)
-                per_token = out.losses
-                ref = samples.cat("ref_logprobs", idx).to(device) if samples.has("ref_logprobs") else None
-                if loss.kl_beta:
-                    per_token = per_token + loss.kl_beta * kl_penalty(lp, ref, loss.kl_estimator)[None]
-                total = token_level_loss(per_token, ones, n_tokens)
-                total.backward()
-                objective += total.item()
-                sums.add(tokens=lp.numel(), clipped=out.clipped.sum(), approx_kl=out.approx_kl.sum())
-                if epoch == 0:  # statistics of the policy before this step's updates
-                    with torch.no_grad():
-                        diff = (old - gen).abs()
-                        w = torch.exp(old - gen)
-                        first.add(tokens=lp.numel(), entropy=entropy_from_logits(logits[0] / loss.temperature).sum(),
-                                  diff=diff.sum(), tis_w=w.clamp(max=loss.tis_cap or float("inf")).sum(),
-                                  tis_capped=(w > (loss.tis_cap or float("inf"))).sum())
-                        first.max(diff_max=diff.max())
-                        if ref is not None:
-                            d = old - ref
-                            first.add(k1=d.sum(), k3=kl_penalty(old, ref, "k3").sum())
+            # the global token count; FSDP averages gradients over ranks, so each rank's sum is
+            # scaled up by the world size
+            n_tokens = sum(samples.response_lengths[i] for i in mb) / info.world_size
+            plan = _rank_micro_batches(samples, mb, passes.micro_batch_tokens, info)
+            for m, idx in enumerate(plan):
+                with sync_grads_context(model, last=m == len(plan) - 1):
+                    if idx is None:
+                        _padding_pass(model, info, backward=True)
+                    else:
+                        _policy_micro_batch(model, samples, idx, loss, n_tokens, use_old, device, sums,
+                                            first if epoch == 0 else None)
             grad_norms += _optimizer_step(model, optimizer, passes.max_grad_norm)
             steps += 1
+    _all_reduce(sums, info)
+    _all_reduce(first, info)
     n, f = max(sums.v.get("tokens", 0.0), 1.0), max(first.v.get("tokens", 0.0), 1.0)
     stats = {
-        "loss/policy": objective / max(steps, 1), "grad_norm": grad_norms / max(steps, 1), "optimizer_steps": steps,
+        "loss/policy": sums.v.get("objective", 0.0) / info.world_size / max(steps, 1),
+        "grad_norm": grad_norms / max(steps, 1), "optimizer_steps": steps,
         "clip_frac": sums.v.get("clipped", 0.0) / n, "approx_kl_old": sums.v.get("approx_kl", 0.0) / n,
         "entropy": first.v.get("entropy", 0.0) / f,
         "logprob_diff/mean_abs": first.v.get("diff", 0.0) / f, "logprob_diff/max_abs": first.v.get("diff_max", 0.0),
@@ -195,27 +246,64 @@ def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, pas
     return stats
 
 
+def _policy_micro_batch(model, samples: TrainSamples, idx: list[int], loss: PolicyLoss, n_tokens: float,
+                        use_old: bool, device, sums: _Sums, first: _Sums | None) -> None:
+    """Forward/backward of one micro-batch; `first` (first epoch only) collects the statistics of
+    the policy before this step's updates."""
+    lp, logits = response_logprobs(model, samples.pack(idx).to(device), loss.temperature)
+    old = samples.cat("old_logprobs", idx).to(device) if use_old else lp.detach()
+    gen = samples.cat("gen_logprobs", idx).to(device)
+    adv = samples.cat("advantages", idx).to(device)
+    ones = torch.ones_like(lp)[None]
+    out = policy_gradient_loss(lp[None], old[None], adv[None], ones, eps_low=loss.eps_low,
+                               eps_high=loss.eps_high, tis_cap=loss.tis_cap or 2.0,
+                               generator_logprobs=gen[None] if loss.tis_cap else None)
+    per_token = out.losses
+    ref = samples.cat("ref_logprobs", idx).to(device) if samples.has("ref_logprobs") else None
+    if loss.kl_beta:
+        per_token = per_token + loss.kl_beta * kl_penalty(lp, ref, loss.kl_estimator)[None]
+    total = token_level_loss(per_token, ones, n_tokens)
+    total.backward()
+    sums.add(objective=total.item(), tokens=lp.numel(), clipped=out.clipped.sum(), approx_kl=out.approx_kl.sum())
+    if first is None:
+        return
+    with torch.no_grad():
+        diff = (old - gen).abs()
+        w = torch.exp(old - gen)
+        cap = loss.tis_cap or float("inf")
+        first.add(tokens=lp.numel(), entropy=entropy_from_logits(logits[0] / loss.temperature).sum(),
+                  diff=diff.sum(), tis_w=w.clamp(max=cap).sum(), tis_capped=(w > cap).sum())
+        first.max(diff_max=diff.max())
+        if ref is not None:
+            first.add(k1=(old - ref).sum(), k3=kl_penalty(old, ref, "k3").sum())
+
+
 def value_update(value_model, optimizer, samples: TrainSamples, clip_range: float, coef: float,
-                 passes: PassSettings, device) -> dict[str, float]:
+                 passes: PassSettings, device, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
     """Optimizer steps of the value model on the clipped value loss (token tensors "old_values",
     "returns"), scaled by the value-loss coefficient."""
     sums = _Sums()
-    steps, objective, grad_norms = 0, 0.0, 0.0
+    steps, grad_norms = 0, 0.0
     for epoch in range(passes.epochs):
         for mb in minibatches(len(samples), passes, epoch):
-            n_tokens = sum(samples.response_lengths[i] for i in mb)
-            for idx in _micro_batches(samples, mb, passes.micro_batch_tokens):
-                values = response_values(value_model, samples.pack(idx).to(device))
-                old = samples.cat("old_values", idx).to(device)
-                ret = samples.cat("returns", idx).to(device)
-                ones = torch.ones_like(values)[None]
-                out = value_loss(values[None], old[None], ret[None], ones, clip_range)
-                total = coef * token_level_loss(out.losses, ones, n_tokens)
-                total.backward()
-                objective += total.item()
-                sums.add(tokens=values.numel(), clipped=out.clipped.sum())
+            n_tokens = sum(samples.response_lengths[i] for i in mb) / info.world_size  # as in policy_update
+            plan = _rank_micro_batches(samples, mb, passes.micro_batch_tokens, info)
+            for m, idx in enumerate(plan):
+                with sync_grads_context(value_model, last=m == len(plan) - 1):
+                    if idx is None:
+                        _padding_pass(value_model, info, backward=True)
+                        continue
+                    values = response_values(value_model, samples.pack(idx).to(device))
+                    old = samples.cat("old_values", idx).to(device)
+                    ret = samples.cat("returns", idx).to(device)
+                    ones = torch.ones_like(values)[None]
+                    out = value_loss(values[None], old[None], ret[None], ones, clip_range)
+                    total = coef * token_level_loss(out.losses, ones, n_tokens)
+                    total.backward()
+                    sums.add(objective=total.item(), tokens=values.numel(), clipped=out.clipped.sum())
             grad_norms += _optimizer_step(value_model, optimizer, passes.max_grad_norm)
             steps += 1
+    _all_reduce(sums, info)
     n = max(sums.v.get("tokens", 0.0), 1.0)
-    return {"loss/value": objective / max(steps, 1), "value/clip_frac": sums.v.get("clipped", 0.0) / n,
-            "value/grad_norm": grad_norms / max(steps, 1)}
+    return {"loss/value": sums.v.get("objective", 0.0) / info.world_size / max(steps, 1),
+            "value/clip_frac": sums.v.get("clipped", 0.0) / n, "value/grad_norm": grad_norms / max(steps, 1)}

@@ -75,3 +75,33 @@ def load_optimizer_state(model, optimizer, state: dict, info: DistInfo) -> None:
 
     set_optimizer_state_dict(model, optimizer, state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def copy_full_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """dst's weights := src's, one tensor at a time; src may be FSDP-sharded (then collective: every
+    rank calls it), dst a plain module of the same architecture (e.g. a rollout generator's copy)."""
+    from torch.distributed.tensor import DTensor
+
+    own = dst.state_dict()
+    with torch.no_grad():
+        for name, value in src.state_dict().items():
+            full = value.full_tensor() if isinstance(value, DTensor) else value
+            own[name].copy_(full)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """Every tensor of `model` unsharded and detached, on every rank (collective under FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+            for k, v in model.state_dict().items()}
+
+
+def load_model_state(model: torch.nn.Module, state: dict, info: DistInfo) -> None:
+    """Load a full (unsharded) state dict, as `model_state_dict` saved it, into a possibly sharded model."""
+    if not info.distributed:
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
