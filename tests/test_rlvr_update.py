@@ -110,3 +110,50 @@ def test_value_head_reads_every_response_position_and_learns(rollout, tokenizer,
     for _ in range(5):
         last = value_update(vm, opt, samples, clip_range=10.0, coef=0.1, passes=PassSettings(), device="cpu")
     assert last["loss/value"] < first["loss/value"]
+
+
+def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(rollout):
+    """With varlen attention the responses of one prompt share a single copy of it in the packed
+    row; log-probs and the update must equal the plain one-document-per-sample packing."""
+    from posttrain.rl.update import _micro_batches
+    from posttrain.train.varlen_attn import register
+
+    base, _, rollout_samples = rollout
+    base = copy.deepcopy(base)
+    base.set_attn_implementation(register())
+    # unequal response lengths inside a group exercise the padded batch of responses
+    p1, p2 = [1, 100, 200, 300], [1, 400, 500]
+    resp = [[5, 6, 7, 8, 9], [10, 11], [12], [13, 14, 15], [16, 17, 18, 19, 20, 21, 22]]
+    samples = TrainSamples([p1, p1, p1, p2, p2], resp)
+    samples.set("gen_logprobs", [torch.zeros(len(r)) for r in resp])
+    samples.set("advantages", per_sample_to_tokens(torch.tensor([1.0, -0.5, 0.3, -1.0, 0.7]), samples.response_lengths))
+    row = samples.pack_grouped(list(range(5)))
+    assert row.input_ids.shape[1] == len(p1) + len(p2) + sum(map(len, resp))  # each prompt once
+    for share in (False, True):
+        lp = score_logprobs(base, samples, 4096, 1.0, "cpu", share_prompts=share)
+        if not share:
+            plain = lp
+    for a, b in zip(plain, lp):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the engine's log-probs agree with the shared rows too
+    engine_lp = score_logprobs(base, rollout_samples, 4096, 1.0, "cpu")
+    diff = max((a - b).abs().max().item() for a, b in zip(engine_lp, rollout_samples.token["gen_logprobs"]))
+    assert diff < 1e-4
+    # a shared micro-batch costs each prompt once: p1 and its responses 4+5+2+1 = 12, sample 3 adds
+    # p2 and its response (3+3), sample 4 its response only (7) -> 25 > 20; plain rows cost 9,6,5,6,10
+    assert list(_micro_batches(samples, list(range(5)), 20, share=True)) == [[0, 1, 2, 3], [4]]
+    assert list(_micro_batches(samples, list(range(5)), 20, share=False)) == [[0, 1, 2], [3, 4]]
+    loss = PolicyLoss(eps_low=0.2, eps_high=0.28, tis_cap=None, kl_beta=0.0)
+    grads = {}
+    for share, budget in ((False, 4096), (True, 4096), (True, 10)):  # 10: a group split over micro-batches
+        m = copy.deepcopy(base).train()
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        stats = policy_update(m, opt, samples, loss, PassSettings(micro_batch_tokens=budget, max_grad_norm=0,
+                                                                  share_prompts=share), "cpu")
+        grads[(share, budget)] = ([p0 - p1 for p0, p1 in zip(base.parameters(), m.parameters())], stats)
+    ref_delta, ref_stats = grads[(False, 4096)]
+    for key, (delta, stats) in grads.items():
+        assert stats["loss/policy"] == pytest.approx(ref_stats["loss/policy"], abs=1e-6), key
+        assert stats["entropy"] == pytest.approx(ref_stats["entropy"], rel=1e-5), key
+        for a, b in zip(delta, ref_delta):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

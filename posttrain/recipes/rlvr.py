@@ -120,6 +120,7 @@ class RLVRTrain:
     tis_cap: float | None = field(2.0, "truncated importance-sampling cap (generator vs trainer); null: off")
     normalize_adv_std: bool = field(True, "GRPO: divide advantages by the group std")
     filter_constant_groups: bool = field(True, "GRPO: drop groups whose rewards are all equal")
+    share_prompts: bool = field(True, "pack a prompt once for all its responses in a micro-batch (varlen attention)")
 
     def validate(self):
         if min(self.epochs, self.num_minibatches, self.micro_batch_tokens) < 1:
@@ -209,7 +210,7 @@ def frozen(model):
 def reference_and_old(samples: TrainSamples, policy, ref, need_old: bool, cfg: RLVRConfig, device,
                       info: DistInfo) -> None:
     """Reference log-probs (no gradients kept) and, when needed, π_old before any update."""
-    s = (cfg.train.micro_batch_tokens, cfg.rollout.temperature, device, info)
+    s = (cfg.train.micro_batch_tokens, cfg.rollout.temperature, device, info, cfg.train.share_prompts)
     if ref is not None:
         samples.set("ref_logprobs", score_logprobs(ref, samples, *s))
     if need_old:
@@ -380,7 +381,8 @@ def main(cfg: RLVRConfig) -> Path:
             batch = gather_batch(batch, info)
             t1 = time.perf_counter()
             passes = PassSettings(cfg.train.epochs, cfg.train.num_minibatches, cfg.train.micro_batch_tokens,
-                                  cfg.optim.max_grad_norm, seed=cfg.run.seed * 100003 + step)
+                                  cfg.optim.max_grad_norm, seed=cfg.run.seed * 100003 + step,
+                                  share_prompts=cfg.train.share_prompts)
             lr = scheduler.get_last_lr()[0]
             stats = step_fn(cfg, batch, policy, ref, optimizer, loss, passes, device, info, **extra)
             with warnings.catch_warnings():  # a step whose groups were all filtered made no update

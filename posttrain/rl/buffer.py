@@ -59,6 +59,65 @@ class TrainSamples:
             docs.append((p + r, [IGNORE_INDEX] * len(p) + r))
         return pack(docs)
 
+    def pack_grouped(self, idx: list[int]) -> GroupedRow:
+        """Samples `idx` in one row, each run of consecutive samples with the same prompt sharing
+        one copy of it (needs the "posttrain_varlen" attention implementation)."""
+        return pack_grouped(self, idx)
+
+
+@dataclass
+class GroupedRow:
+    """Samples packed with each run of samples that share a prompt laid out [prompt, r_1, ..., r_m]
+    (see train/varlen_attn.grouped_attention). The logits at `keep` predict `targets`: the
+    responses' tokens in sample then token order; the prompt's last position is kept once per
+    response (it predicts each response's first token)."""
+
+    input_ids: Tensor  # [1, N]
+    position_ids: Tensor  # [1, N]
+    keep: Tensor  # [K]
+    targets: Tensor  # [K]
+    groups: tuple[tuple[int, int, tuple[int, ...]], ...]  # (start, prompt_len, response lengths)
+
+    def to(self, device) -> "GroupedRow":
+        return GroupedRow(self.input_ids.to(device), self.position_ids.to(device), self.keep.to(device),
+                          self.targets.to(device), self.groups)
+
+
+def prompt_runs(prompts: list[list[int]]) -> list[int]:
+    """Lengths of the runs of consecutive equal prompts."""
+    runs: list[int] = []
+    for i, p in enumerate(prompts):
+        if i and (p is prompts[i - 1] or p == prompts[i - 1]):
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
+def pack_grouped(samples: "TrainSamples", idx: list[int]) -> GroupedRow:
+    ids: list[int] = []
+    pos: list[int] = []
+    keep: list[int] = []
+    targets: list[int] = []
+    groups = []
+    at = 0
+    for n in prompt_runs([samples.prompt_ids[i] for i in idx]):
+        run = idx[at:at + n]
+        at += n
+        prompt = samples.prompt_ids[run[0]]
+        start, p = len(ids), len(prompt)
+        ids += prompt
+        pos += range(p)
+        for i in run:
+            r = samples.response_ids[i]
+            keep += [start + p - 1] + list(range(len(ids), len(ids) + len(r) - 1))
+            targets += r
+            ids += r
+            pos += range(p, p + len(r))
+        groups.append((start, p, tuple(len(samples.response_ids[i]) for i in run)))
+    return GroupedRow(torch.tensor([ids]), torch.tensor([pos]), torch.tensor(keep), torch.tensor(targets),
+                      tuple(groups))
+
 
 def per_sample_to_tokens(values: Tensor, lengths: list[int]) -> list[Tensor]:
     """[N] one value per sample -> that value repeated over each sample's response tokens."""

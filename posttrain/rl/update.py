@@ -22,24 +22,29 @@ from posttrain.data.chat import IGNORE_INDEX
 from posttrain.data.packing import PackedBatch, packed_forward, plan_micro_batches
 from posttrain.losses.pg import KLEstimator, kl_penalty, policy_gradient_loss, token_level_loss
 from posttrain.losses.ppo import value_loss
-from posttrain.rl.buffer import TrainSamples
+from posttrain.rl.buffer import GroupedRow, TrainSamples
 from posttrain.train.dist import DistInfo
 from posttrain.train.logprobs import entropy_from_logits, token_logprobs
 from posttrain.train.parallel import sync_grads_context
 from posttrain.train.refcache import reshard
+from posttrain.train.varlen_attn import NAME as VARLEN
 
 ONE_PROCESS = DistInfo()
 
 
-def response_logits(model, batch: PackedBatch) -> tuple[Tensor, Tensor]:
+def response_logits(model, batch: PackedBatch | GroupedRow) -> tuple[Tensor, Tensor]:
     """([1, K, V] logits at the K response-predicting positions, [K] target token ids)."""
+    if isinstance(batch, GroupedRow):
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                    logits_to_keep=batch.keep, posttrain_groups=batch.groups)
+        return out.logits, batch.targets
     targets = batch.targets[0]
     keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
     logits = packed_forward(model, batch, logits_to_keep=keep).logits
     return logits, targets[keep]
 
 
-def response_logprobs(model, batch: PackedBatch, temperature: float) -> tuple[Tensor, Tensor]:
+def response_logprobs(model, batch: PackedBatch | GroupedRow, temperature: float) -> tuple[Tensor, Tensor]:
     """([K] log-probs of the response tokens under softmax(logits / T), [1, K, V] logits)."""
     logits, targets = response_logits(model, batch)
     return token_logprobs(logits, targets[None], shift=False, temperature=temperature)[0], logits
@@ -61,16 +66,46 @@ def response_values(value_model, batch: PackedBatch) -> Tensor:
     return captured[0][0, keep.to(captured[0].device), 0].float()
 
 
-def _micro_batches(samples: TrainSamples, idx: list[int], budget: int) -> Iterator[list[int]]:
-    lengths = samples.lengths
-    for group in plan_micro_batches([lengths[i] for i in idx], budget):
-        yield [idx[j] for j in group]
+def shares_prompts(model, enabled: bool = True) -> bool:
+    """Can `model` train on rows whose responses share one copy of their prompt?"""
+    return enabled and getattr(model.config, "_attn_implementation", None) == VARLEN
 
 
-def _rank_micro_batches(samples: TrainSamples, idx: list[int], budget: int, info: DistInfo) -> list[list[int] | None]:
+def _pack(samples: TrainSamples, idx: list[int], share: bool) -> PackedBatch | GroupedRow:
+    return samples.pack_grouped(idx) if share else samples.pack(idx)
+
+
+def _micro_batches(samples: TrainSamples, idx: list[int], budget: int, share: bool = False) -> Iterator[list[int]]:
+    """Consecutive samples of `idx` in micro-batches of at most `budget` row tokens; with `share`,
+    a sample whose prompt equals the previous one's in the same micro-batch costs its response only."""
+    if not share:
+        lengths = samples.lengths
+        for group in plan_micro_batches([lengths[i] for i in idx], budget):
+            yield [idx[j] for j in group]
+        return
+    cur: list[int] = []
+    used = 0
+    for i in idx:
+        p, r = samples.prompt_ids[i], len(samples.response_ids[i])
+        prev = samples.prompt_ids[cur[-1]] if cur else None
+        cost = r if prev is not None and (p is prev or p == prev) else len(p) + r
+        if cur and used + cost > budget:
+            yield cur
+            cur, used, cost = [], 0, len(p) + r
+        if cost > budget:
+            raise ValueError(f"a sample has {cost} tokens, more than the micro-batch budget {budget}; "
+                             f"raise train.micro_batch_tokens")
+        cur.append(i)
+        used += cost
+    if cur:
+        yield cur
+
+
+def _rank_micro_batches(samples: TrainSamples, idx: list[int], budget: int, info: DistInfo,
+                        share: bool = False) -> list[list[int] | None]:
     """This rank's micro-batches of `idx`, padded with None (a zero-weight pass) to the same count
     on every rank."""
-    plan = list(_micro_batches(samples, idx, budget))
+    plan = list(_micro_batches(samples, idx, budget, share))
     if not info.distributed:
         return plan
     mine = plan[info.rank::info.world_size]
@@ -117,14 +152,15 @@ def _split(tensor: Tensor, idx: list[int], samples: TrainSamples) -> list[Tensor
 
 @torch.no_grad()
 def score_logprobs(model, samples: TrainSamples, micro_batch_tokens: int, temperature: float, device,
-                   info: DistInfo = ONE_PROCESS) -> list[Tensor]:
+                   info: DistInfo = ONE_PROCESS, share_prompts: bool = True) -> list[Tensor]:
     """Per-sample response log-probs without gradients (reference, or the policy before updating)."""
     out: dict[int, Tensor] = {}
-    for idx in _rank_micro_batches(samples, list(range(len(samples))), micro_batch_tokens, info):
+    share = shares_prompts(model, share_prompts)
+    for idx in _rank_micro_batches(samples, list(range(len(samples))), micro_batch_tokens, info, share):
         if idx is None:
             _padding_pass(model, info, backward=False)
             continue
-        lp, _ = response_logprobs(model, samples.pack(idx).to(device), temperature)
+        lp, _ = response_logprobs(model, _pack(samples, idx, share).to(device), temperature)
         out.update(zip(idx, _split(lp, idx, samples)))
     if info.distributed:
         reshard(model)
@@ -155,6 +191,7 @@ class PassSettings:
     micro_batch_tokens: int = 4096
     max_grad_norm: float = 1.0
     seed: int = 0
+    share_prompts: bool = True  # responses of one prompt share its copy in a packed row (varlen attention)
 
     @property
     def single_pass(self) -> bool:
@@ -215,19 +252,20 @@ def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, pas
     use_old = samples.has("old_logprobs")
     assert use_old or passes.single_pass, "several passes need old log-probs computed before the first update"
     steps, grad_norms = 0, 0.0
+    share = shares_prompts(model, passes.share_prompts)
     for epoch in range(passes.epochs):
         for mb in minibatches(len(samples), passes, epoch):
             # the global token count; FSDP averages gradients over ranks, so each rank's sum is
             # scaled up by the world size
             n_tokens = sum(samples.response_lengths[i] for i in mb) / info.world_size
-            plan = _rank_micro_batches(samples, mb, passes.micro_batch_tokens, info)
+            plan = _rank_micro_batches(samples, mb, passes.micro_batch_tokens, info, share)
             for m, idx in enumerate(plan):
                 with sync_grads_context(model, last=m == len(plan) - 1):
                     if idx is None:
                         _padding_pass(model, info, backward=True)
                     else:
-                        _policy_micro_batch(model, samples, idx, loss, n_tokens, use_old, device, sums,
-                                            first if epoch == 0 else None)
+                        _policy_micro_batch(model, _pack(samples, idx, share), samples, idx, loss, n_tokens,
+                                            use_old, device, sums, first if epoch == 0 else None)
             grad_norms += _optimizer_step(model, optimizer, passes.max_grad_norm)
             steps += 1
     _all_reduce(sums, info)
@@ -246,11 +284,12 @@ def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, pas
     return stats
 
 
-def _policy_micro_batch(model, samples: TrainSamples, idx: list[int], loss: PolicyLoss, n_tokens: float,
-                        use_old: bool, device, sums: _Sums, first: _Sums | None) -> None:
-    """Forward/backward of one micro-batch; `first` (first epoch only) collects the statistics of
-    the policy before this step's updates."""
-    lp, logits = response_logprobs(model, samples.pack(idx).to(device), loss.temperature)
+def _policy_micro_batch(model, row: PackedBatch | GroupedRow, samples: TrainSamples, idx: list[int],
+                        loss: PolicyLoss, n_tokens: float, use_old: bool, device, sums: _Sums,
+                        first: _Sums | None) -> None:
+    """Forward/backward of one micro-batch (samples `idx`, packed as `row`); `first` (first epoch
+    only) collects the statistics of the policy before this step's updates."""
+    lp, logits = response_logprobs(model, row.to(device), loss.temperature)
     old = samples.cat("old_logprobs", idx).to(device) if use_old else lp.detach()
     gen = samples.cat("gen_logprobs", idx).to(device)
     adv = samples.cat("advantages", idx).to(device)
