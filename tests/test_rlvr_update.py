@@ -121,14 +121,16 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(rollout):
     base, _, rollout_samples = rollout
     base = copy.deepcopy(base)
     base.set_attn_implementation(register())
-    # unequal response lengths inside a group exercise the padded batch of responses
-    p1, p2 = [1, 100, 200, 300], [1, 400, 500]
-    resp = [[5, 6, 7, 8, 9], [10, 11], [12], [13, 14, 15], [16, 17, 18, 19, 20, 21, 22]]
-    samples = TrainSamples([p1, p1, p1, p2, p2], resp)
+    # unequal response lengths inside a group exercise the padded batch of responses, the last
+    # group (equal lengths) the copy-free view
+    p1, p2, p3 = [1, 100, 200, 300], [1, 400, 500], [1, 600, 700, 800, 900]
+    resp = [[5, 6, 7, 8, 9], [10, 11], [12], [13, 14, 15], [16, 17, 18, 19, 20, 21, 22], [23, 24, 25], [26, 27, 28]]
+    samples = TrainSamples([p1, p1, p1, p2, p2, p3, p3], resp)
     samples.set("gen_logprobs", [torch.zeros(len(r)) for r in resp])
-    samples.set("advantages", per_sample_to_tokens(torch.tensor([1.0, -0.5, 0.3, -1.0, 0.7]), samples.response_lengths))
-    row = samples.pack_grouped(list(range(5)))
-    assert row.input_ids.shape[1] == len(p1) + len(p2) + sum(map(len, resp))  # each prompt once
+    samples.set("advantages", per_sample_to_tokens(torch.tensor([1.0, -0.5, 0.3, -1.0, 0.7, 0.2, -0.4]),
+                                                   samples.response_lengths))
+    row = samples.pack_grouped(list(range(7)))
+    assert row.input_ids.shape[1] == len(p1) + len(p2) + len(p3) + sum(map(len, resp))  # each prompt once
     for share in (False, True):
         lp = score_logprobs(base, samples, 4096, 1.0, "cpu", share_prompts=share)
         if not share:
@@ -143,6 +145,7 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(rollout):
     # p2 and its response (3+3), sample 4 its response only (7) -> 25 > 20; plain rows cost 9,6,5,6,10
     assert list(_micro_batches(samples, list(range(5)), 20, share=True)) == [[0, 1, 2, 3], [4]]
     assert list(_micro_batches(samples, list(range(5)), 20, share=False)) == [[0, 1, 2], [3, 4]]
+    assert list(_micro_batches(samples, [5, 6], 11, share=True)) == [[5, 6]]  # 5 + 3 + 3
     loss = PolicyLoss(eps_low=0.2, eps_high=0.28, tis_cap=None, kl_beta=0.0)
     grads = {}
     for share, budget in ((False, 4096), (True, 4096), (True, 10)):  # 10: a group split over micro-batches

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from posttrain.rollout.sampling import (RowSettings, SamplingParams, filter_top_k_top_p, mix64, sample_next,
-                                        sequence_key, uniform_noise)
+from posttrain.rollout.sampling import (RowSettings, SamplingParams, filter_top_k_top_p, inverse_cdf_sample, mix64,
+                                        row_uniform, sample_next, sequence_key)
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
 
@@ -62,14 +62,21 @@ def test_mix64_matches_unsigned_reference():
         assert g & ((1 << 64) - 1) == _unsigned_splitmix_finaliser(v & ((1 << 64) - 1))
 
 
-def test_uniform_noise_range_and_determinism():
-    keys = torch.tensor([sequence_key(0, i, 0) for i in range(64)])
-    steps = torch.arange(64)
-    u = uniform_noise(keys, steps, 1000)
-    assert torch.equal(u, uniform_noise(keys, steps, 1000))
+def test_row_uniform_range_and_determinism():
+    keys = torch.tensor([sequence_key(0, i, 0) for i in range(20000)])
+    steps = torch.arange(20000) % 7
+    u = row_uniform(keys, steps)
+    assert u.dtype == torch.float64 and torch.equal(u, row_uniform(keys, steps))
     assert u.min() > 0 and u.max() < 1
-    assert abs(u.mean().item() - 0.5) < 0.01  # 64k draws: sd of the mean is 0.0011
-    assert not torch.equal(u[0], uniform_noise(keys[:1], steps[:1] + 1, 1000)[0])
+    assert abs(u.mean().item() - 0.5) < 0.01  # 20k draws: sd of the mean is 0.002
+    assert row_uniform(keys[:1], steps[:1] + 1).item() != u[0].item()  # the next step draws anew
+    assert row_uniform(keys[5:6], steps[5:6]).item() == u[5].item()  # batch-independent
+
+
+def test_inverse_cdf_sample_boundaries():
+    z = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]] * 4)
+    u = torch.tensor([1e-12, 0.499, 0.501, 1 - 1e-12], dtype=torch.float64)
+    assert inverse_cdf_sample(z, u).tolist() == [0, 0, 2, 2]  # never a -inf token, never out of range
 
 
 def _rows(n, temperature=1.0, top_k=None, top_p=None, seed=0):

@@ -9,6 +9,8 @@ instead carry prompt groups (`posttrain_groups`): one prompt shared by several r
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -46,29 +48,48 @@ def grouped_attention(query, key, value, groups, scaling):
     prompt (a GRPO group) are trained on with the prompt run once instead of m times.
 
     query/key/value: [1, H, N, D] (key/value already expanded to H heads). The responses of a
-    group run as one SDPA batch, right-padded to the longest; padded keys are masked out and
-    padded queries are dropped.
+    group run as one SDPA batch, right-padded to the longest (views, no copy, when they are all
+    equally long); padded keys are masked out and padded queries dropped.
     """
-    outs = []
-    for start, p, lens in groups:
-        end = start + p
-        outs.append(F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end],
-                                                   value[:, :, start:end], is_causal=True, scale=scaling))
+    # one split per tensor (its backward is one cat), not a slice per piece (each of whose
+    # backward passes would write a zero-filled gradient of the whole row)
+    sizes, equal = [], []
+    for _, p, lens in groups:
+        same = all(n == lens[0] for n in lens)
+        equal.append(same)
+        sizes += [p, sum(lens)] if same else [p, *lens]
+    pieces = [t.split(sizes, dim=2) for t in (query, key, value)]
+    outs, at = [], 0
+    for (_, p, lens), same in zip(groups, equal):
         m, width = len(lens), max(lens)
-        offsets = [end + sum(lens[:j]) for j in range(m)]
-
-        def padded(x):  # [1, H, N, D] -> [m, H, width, D]
-            return torch.stack([F.pad(x[0, :, o:o + n], (0, 0, 0, width - n)) for o, n in zip(offsets, lens)])
-
-        keys = torch.cat([key[:, :, start:end].expand(m, -1, -1, -1), padded(key)], dim=2)
-        vals = torch.cat([value[:, :, start:end].expand(m, -1, -1, -1), padded(value)], dim=2)
-        own = torch.ones(width, width, dtype=torch.bool, device=query.device).tril()
-        real = torch.arange(width, device=query.device)[None, :] < torch.tensor(lens, device=query.device)[:, None]
-        mask = torch.cat([torch.ones(m, width, p, dtype=torch.bool, device=query.device),
-                          own[None] & real[:, None, :]], dim=2)[:, None]  # [m, 1, width, p + width]
-        out = F.scaled_dot_product_attention(padded(query), keys, vals, attn_mask=mask, scale=scaling)
-        outs += [out[j:j + 1, :, :n] for j, n in enumerate(lens)]
+        (qp, kp, vp) = (x[at] for x in pieces)
+        outs.append(F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scaling))
+        if same:  # [1, H, m * width, D] -> [m, H, width, D], a view
+            q, k, v = (x[at + 1].unflatten(2, (m, width))[0].transpose(0, 1) for x in pieces)
+            at += 2
+        else:
+            q, k, v = (torch.cat([F.pad(r, (0, 0, 0, width - r.shape[2])) for r in x[at + 1:at + 1 + m]])
+                       for x in pieces)
+            at += 1 + m
+        keys = torch.cat([kp.expand(m, -1, -1, -1), k], dim=2)
+        vals = torch.cat([vp.expand(m, -1, -1, -1), v], dim=2)
+        out = F.scaled_dot_product_attention(q, keys, vals, attn_mask=_group_mask(p, lens, query.device),
+                                             scale=scaling)
+        if same:
+            outs.append(out.transpose(0, 1).reshape(1, out.shape[1], m * width, out.shape[3]))
+        else:
+            outs += [r[None, :, :n] for r, n in zip(out.unbind(0), lens)]
     return torch.cat(outs, dim=2)
+
+
+@functools.lru_cache(maxsize=256)
+def _group_mask(p: int, lens: tuple[int, ...], device) -> torch.Tensor:
+    """[m, 1, width, p + width] bool: the whole prompt, then the response's own keys causally."""
+    m, width = len(lens), max(lens)
+    own = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    real = torch.arange(width, device=device)[None, :] < torch.tensor(lens, device=device)[:, None]
+    return torch.cat([torch.ones(m, width, p, dtype=torch.bool, device=device),
+                      own[None] & real[:, None, :]], dim=2)[:, None]
 
 
 def register() -> str:
