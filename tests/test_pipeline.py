@@ -57,3 +57,49 @@ def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     run_pipeline(cfg)  # second run: nothing left to train
     assert "sft: finished earlier" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pipeline_under_torchrun_two_processes(tiny_model_dir, tmp_path):
+    """`torchrun -m posttrain.cli run`: both ranks train SFT and RLVR together (the process group is
+    set up and torn down per stage), rank 0 alone decontaminates, evaluates and reports, and the
+    other rank waits for each stage's DONE.json instead of racing ahead."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import subprocess_env
+
+    out = tmp_path / "run"
+    recipe = {
+        "name": "two ranks", "output_dir": str(out), "base_model": tiny_model_dir,
+        "stages": ["decontaminate", "sft", "rlvr", "eval"],
+        "decontaminate": {"overrides": [f"data_root={REPO.parent / 'shared' / 'data'}"]},
+        "sft": {"config": str(REPO / "configs/sft/smollm2-cpu.yaml"),
+                "overrides": [f"data.paths=[{shared('sft/open_instruct_sft_sample.jsonl')}]", "data.limit=8",
+                              "data.max_length=128", "data.too_long=truncate", "train.batch_size=4",
+                              "train.max_steps=2", "train.micro_batch_tokens=512", "run.progress=false",
+                              "run.device=cpu"]},
+        "rlvr": {"config": str(REPO / "configs/rlvr/smollm2-cpu-grpo.yaml"),
+                 "overrides": [f"data.paths=[{REPO / 'data/rlvr/no_commas_train.jsonl'}]", "data.limit=8",
+                               "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+                               "rollout.max_new_tokens=8", "train.max_steps=2", "eval.paths=[]",
+                               "eval.final_paths=[]", "run.progress=false", "run.device=cpu"]},
+        "eval": {"tasks": ["verifiable:no_commas"], "data": {"no_commas": str(REPO / "data/rlvr/no_commas_eval.jsonl")},
+                 "limit": 2, "max_new_tokens": 4, "models": ["base", "sft", "rlvr"]},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "posttrain.cli", "run", str(path)], env=subprocess_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("decontaminate", "sft", "rlvr"):
+        assert (out / stage / "DONE.json").is_file(), stage
+    for stage in ("sft", "rlvr"):
+        assert json.loads((out / stage / "summary.json").read_text())["world_size"] == 2
+        assert (out / stage / "final" / "config.json").is_file()
+    table = json.loads((out / "eval" / "table.json").read_text())
+    assert set(table) == {"base", "sft", "rlvr"}
+    assert (out / "report.html").is_file()

@@ -294,7 +294,7 @@ def main(cfg: DPOConfig) -> Path:
     sd = model_state_dict(model, info)
     if info.is_main:
         ckpt.save_hf(_unwrap(model), tokenizer, final, state_dict=sd)
-        write_summary(run_dir, {**summary, "steps": total_steps, "eval_end": last_eval,
+        write_summary(run_dir, {**summary, "steps": total_steps, "eval_end": last_eval, "world_size": info.world_size,
                                 "wall_s": time.time() - t_start, "peak_rss_mb": peak_rss_mb(),
                                 "final_model": str(final)})
         log(f"[dpo] done: {total_steps} steps; model saved to {final}")

@@ -6,6 +6,10 @@ SFT model starts DPO (and generates on-policy preference data when `prefs` is on
 starts RLVR, and every model is evaluated on the same slices. A finished stage leaves `DONE.json`;
 re-running the command skips finished stages and resumes an interrupted one from its last
 checkpoint (`run.resume=true`).
+
+Under torchrun every rank runs the training stages together (FSDP2); decontamination, preference
+data, evaluation and the report run on rank 0 alone, and the other ranks wait for the stage's
+`DONE.json` before going on, so a stage always starts from a finished predecessor.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -55,6 +60,7 @@ class PipelineConfig:
     rlvr: StageSpec = field(StageSpec(), "RL with verifiable rewards")
     eval: EvalSpec = field(EvalSpec(), "evaluation of base and stage models")
     recipe_dir: str = field("", "directory stage config paths are relative to (set from the recipe file)")
+    rank_wait_s: float = field(86400.0, "under torchrun: how long ranks > 0 wait for rank 0's single-process stages")
 
 
 ORDER = ("decontaminate", "sft", "prefs", "dpo", "rlvr", "eval")
@@ -85,6 +91,21 @@ def _mark_done(stage_dir: Path, seconds: float, **info) -> None:
     (stage_dir / "DONE.json").write_text(json.dumps({"seconds": seconds, **info}, indent=2))
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _wait_done(stage_dir: Path, timeout_s: float) -> dict:
+    """Non-zero ranks: wait for rank 0 to mark `stage_dir` finished."""
+    deadline = time.time() + timeout_s
+    while (done := _done(stage_dir)) is None:
+        if time.time() > deadline:
+            raise TimeoutError(f"rank {_rank()}: {stage_dir / 'DONE.json'} did not appear within {timeout_s:.0f} s; "
+                               f"rank 0 failed or is stuck (see its log)")
+        time.sleep(1.0)
+    return done
+
+
 def _final_model(stage_dir: Path) -> str:
     final = stage_dir / "final"
     if not (final / "config.json").is_file():
@@ -93,10 +114,19 @@ def _final_model(stage_dir: Path) -> str:
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
+    from posttrain.train.dist import keep_process_group
+
+    with keep_process_group():  # under torchrun: one process group for every training stage
+        return _run_pipeline(cfg)
+
+
+def _run_pipeline(cfg: PipelineConfig) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe_dir = Path(cfg.recipe_dir or ".")
-    (out / "pipeline.yaml").write_text(_yaml(cfg))
+    main_rank = _rank() == 0
+    if main_rank:
+        (out / "pipeline.yaml").write_text(_yaml(cfg))
     wanted = [s for s in ORDER if getattr(cfg, s).enabled and (not cfg.stages or s in cfg.stages)]
     unknown = [s for s in cfg.stages if s not in ORDER]
     if unknown:
@@ -126,6 +156,11 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         t0 = time.time()
         print(f"\n[pipeline] ===== {stage} =====", flush=True)
         extra_info = {}
+        if not main_rank and stage not in TRAIN_STAGES:  # rank 0 runs it alone
+            done = _wait_done(stage_dir, cfg.rank_wait_s)
+            sft_data_override = done.get("sft_data", sft_data_override)
+            dpo_data_override = done.get("dpo_data", dpo_data_override)
+            continue
         if stage == "decontaminate":
             sft_cfg, _ = _stage_config("sft", cfg.sft, recipe_dir, [])
             train = {f"sft{i}": p for i, p in enumerate(sft_cfg.data.paths)}
@@ -150,11 +185,16 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
                 overrides.append("data.paths=[" + ",".join(dpo_data_override) + "]")
             scfg, fn = _stage_config(stage, getattr(cfg, stage), recipe_dir, overrides)
             fn(scfg)
+            if not main_rank:  # rank 0 writes the final model after the others are done
+                _wait_done(stage_dir, cfg.rank_wait_s)
             models[stage] = _final_model(stage_dir)
         seconds = time.time() - t0
-        _mark_done(stage_dir, seconds, **extra_info)
+        if main_rank:
+            _mark_done(stage_dir, seconds, **extra_info)
         infos.append(_info(stage, stage_dir, seconds, "done"))
 
+    if not main_rank:  # evaluation and the report are rank 0's
+        return out
     evals = {}
     if "eval" in wanted:
         evals = run_evals(cfg, out, models, infos)

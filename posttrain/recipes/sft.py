@@ -189,6 +189,7 @@ def main(cfg: SFTConfig) -> Path:
     if info.is_main:
         ckpt.save_hf(_unwrap(model), tokenizer, final, state_dict=sd)
         write_summary(run_dir, {"stage": "sft", "steps": total_steps, "examples": len(examples),
+                                "world_size": info.world_size,
                                 "wall_s": time.time() - t_start, "peak_rss_mb": peak_rss_mb(),
                                 "final_model": str(final)})
         log(f"[sft] done: {total_steps} steps; model saved to {final}")

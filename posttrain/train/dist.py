@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -67,6 +68,24 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+_keep_group = False
+
+
+@contextlib.contextmanager
+def keep_process_group():
+    """Recipes run inside leave the process group up when they finish, and the next one reuses
+    it: gloo cannot be initialised again in the same processes (the store still holds the first
+    group's addresses). The group is destroyed when the block ends (`posttrain run`)."""
+    global _keep_group
+    _keep_group = True
+    try:
+        yield
+    finally:
+        _keep_group = False
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def cleanup(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    if info.distributed and dist.is_initialized() and not _keep_group:
         dist.destroy_process_group()
