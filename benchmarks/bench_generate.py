@@ -11,7 +11,8 @@ Same chat-templated prompts, greedy decoding, for each batch size:
          with more prompts than rows, refill) -- time to finish the same workload.
 tok/s counts generated tokens only (up to and including EOS in `eos` mode). Each (method, batch)
 runs in a fresh subprocess after a warm-up, so peak RSS is its own. On CUDA, HF's static cache +
-torch.compile path is measured too.
+torch.compile path is measured too. `--methods hf,ours,ours-unpacked` adds the engine without its
+oneDNN-packed weights (CPU fp32), to see what packing buys.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def child(args) -> None:
     tok = load_tokenizer(args.model)
     model = load_model(args.model, dtype=dtype, device=args.device).eval()
     prompts = build_prompts(tok, args.batch)
-    engine = Engine(model, tok, max_batch_size=args.batch) if args.method == "ours" else None
+    engine = None
+    if args.method.startswith("ours"):  # ours-unpacked: MKL on the live weights (no oneDNN copies)
+        engine = Engine(model, tok, max_batch_size=args.batch,
+                        packed_gemm=False if args.method == "ours-unpacked" else None)
 
     def run(batch, fixed, n_new):
         if engine is not None:
@@ -125,7 +129,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--modes", default="fixed,eos")
-    ap.add_argument("--methods", default=None, help="default: hf,ours (+ hf-static on CUDA)")
+    ap.add_argument("--methods", default=None, help="default: hf,ours (+ hf-static on CUDA); also ours-unpacked")
     ap.add_argument("--json", default=None, help="also write all results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", default=None, help=argparse.SUPPRESS)

@@ -5,7 +5,7 @@ import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
-from posttrain.rollout.fast_llama import FastLlama, fast_path_unsupported_reason
+from posttrain.rollout.fast_llama import FastLlama, fast_path_unsupported_reason, onednn_gemm_available
 
 COMMON = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128)
@@ -41,17 +41,31 @@ def _model(kind: str):
     return m.eval()
 
 
+# how the fast path holds the weights: oneDNN-packed copies (the CPU fp32 default), fused copies
+# (the CUDA default), or the model's own tensors
+WEIGHTS = ["packed", "fused", "live"]
+
+
+def _fast(model, weights: str, **kw) -> FastLlama:
+    if weights == "packed" and not onednn_gemm_available():
+        pytest.skip("this torch build has no oneDNN")
+    fast = FastLlama(model, fuse_weights=weights == "fused", packed_gemm=weights == "packed", **kw)
+    assert fast.lm_head.is_mkldnn == (weights == "packed")
+    assert fast.layers[0].down.is_mkldnn == (weights == "packed")
+    return fast
+
+
 def _hf_next_logits(model, seq):
     with torch.no_grad():
         return model(torch.tensor([seq])).logits[0]
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama-bias-mha", "qwen2", "qwen3", "mistral"])
-@pytest.mark.parametrize("fuse", [True, False])
-def test_prefill_and_decode_logits_match_hf(kind, fuse):
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_prefill_and_decode_logits_match_hf(kind, weights):
     model = _model(kind)
     assert fast_path_unsupported_reason(model) is None
-    fast = FastLlama(model, fuse_weights=fuse)
+    fast = _fast(model, weights)
     fast.allocate(num_slots=4, max_len=40)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     # prompt 1 goes to two slots (dedupe), written out of order
@@ -105,10 +119,10 @@ def test_shared_prefix_prefill_matches_hf(kind):
     torch.testing.assert_close(again, logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_refresh_weights_follows_in_place_updates(fuse):
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_refresh_weights_follows_in_place_updates(weights):
     model = _model("llama")
-    fast = FastLlama(model, fuse_weights=fuse)
+    fast = _fast(model, weights)
     fast.allocate(1, 16)
     before = fast.prefill([[1, 2, 3]], [0], [0])
     with torch.no_grad():

@@ -95,12 +95,14 @@ class Engine:
     cascade: when every prompt of a call shares >= `backend.min_shared_prefix` leading tokens,
         hold their KV once and attend to it for all rows together (default: on the fast path
         without CUDA graphs, i.e. on CPU).
+    packed_gemm: run the fast path's matrix products through oneDNN on weights packed once per
+        refresh (default: on for float32 models on CPU when torch has oneDNN).
     """
 
     def __init__(self, model, tokenizer=None, *, backend: str = "auto", max_batch_size: int = 64,
                  cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
                  prefill_token_budget: int | None = None, overlap: bool | None = None,
-                 cascade: bool | None = None):
+                 cascade: bool | None = None, packed_gemm: bool | None = None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"Engine backend must be 'auto', 'fast' or 'hf', got {backend!r}")
         if max_batch_size < 1:
@@ -112,7 +114,8 @@ class Engine:
         if backend == "hf" or reason:
             self.backend: FastLlama | HFBackend = HFBackend(model)
         else:
-            self.backend = FastLlama(model, fuse_weights=fuse_weights, cuda_graphs=cuda_graphs, cascade=cascade)
+            self.backend = FastLlama(model, fuse_weights=fuse_weights, cuda_graphs=cuda_graphs, cascade=cascade,
+                                     packed_gemm=packed_gemm)
         self.device = self.backend.device
         self.max_batch_size = max_batch_size
         # padded prompt tokens per prefill call: bounds activation memory for long prompts

@@ -123,13 +123,32 @@ def _bias(linear) -> Tensor | None:
     return getattr(linear, "bias", None)
 
 
+def onednn_gemm_available() -> bool:
+    """Whether this torch build can run oneDNN linears over pre-packed fp32 weights."""
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def pack_weight(w: Tensor, rows_hint: int) -> Tensor:
+    """A oneDNN copy of a [out, in] weight, blocked for about `rows_hint` input rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), rows_hint)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """F.linear, or oneDNN's kernel when `w` was packed by `pack_weight`."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return F.linear(x, w, b)
+
+
 class FastLlama:
     """Prefill/decode over a slot KV cache for one HF Llama-family model (see module docstring)."""
 
     supports_refill = True
 
     def __init__(self, model, fuse_weights: bool | None = None, cuda_graphs: bool | None = None,
-                 cascade: bool | None = None):
+                 cascade: bool | None = None, packed_gemm: bool | None = None):
         reason = fast_path_unsupported_reason(model)
         if reason:
             raise ValueError(f"FastLlama cannot run this model: {reason}")
@@ -149,6 +168,15 @@ class FastLlama:
         # (SmolLM2-135M, fp32), so there the live weights are used as they are.
         self.fuse = (self.device.type == "cuda") if fuse_weights is None else fuse_weights
         self.lm_head_chunk = 1024 if self.device.type == "cpu" else 0
+        # CPU fp32: oneDNN copies of the weights, pre-packed once per refresh. For the few rows of a
+        # decode step MKL's sgemm reaches a fraction of this AMD/AVX2 box's peak where oneDNN's
+        # blocked kernel runs ~2x faster (BENCHMARKS.md); the cost is one packed copy of every
+        # matrix (+540 MB for SmolLM2-135M) and a re-pack after each weight update.
+        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
+        self.packed = (cpu_fp32 and onednn_gemm_available()) if packed_gemm is None else packed_gemm
+        if self.packed and not (cpu_fp32 and onednn_gemm_available()):
+            raise ValueError("packed_gemm=True needs a float32 model on CPU and a torch build with oneDNN")
+        self.pack_rows = 32  # oneDNN blocks the packed layout for about this many input rows
         # prompts of one prefill call that share at least this many leading tokens (few-shot
         # exemplars: ~800 of GSM8K's ~880 prompt tokens) run that prefix once; 0 disables
         self.min_shared_prefix = 32
@@ -204,24 +232,29 @@ class FastLlama:
                 qkv = [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]
                 biases = [_bias(a.q_proj), _bias(a.k_proj), _bias(a.v_proj)]
                 gate_up = [mlp.gate_proj.weight, mlp.up_proj.weight]
-                if self.fuse:
+                if self.fuse or self.packed:
                     if any(b is not None for b in biases):
                         biases = [torch.cat([b if b is not None else w.new_zeros(w.shape[0])
                                              for b, w in zip(biases, qkv)])]
                     else:
                         biases = [None]
                     qkv, gate_up = [torch.cat(qkv)], [torch.cat(gate_up)]
-                    if self.layers and not moved:  # keep addresses stable for captured graphs
+                    if self.packed:  # no CUDA graphs on CPU: fresh tensors are fine
+                        qkv, gate_up = [pack_weight(qkv[0], self.pack_rows)], [pack_weight(gate_up[0], self.pack_rows)]
+                    elif self.layers and not moved:  # keep addresses stable for captured graphs
                         old = self.layers[i]
                         old.qkv[0].copy_(qkv[0])
                         old.gate_up[0].copy_(gate_up[0])
                         if old.qkv_bias[0] is not None:
                             old.qkv_bias[0].copy_(biases[0])
                         qkv, gate_up, biases = old.qkv, old.gate_up, old.qkv_bias
+                o, down = a.o_proj.weight, mlp.down_proj.weight
+                if self.packed:
+                    o, down = pack_weight(o, self.pack_rows), pack_weight(down, self.pack_rows)
                 new_layers.append(LayerWeights(
                     ln_in=layer.input_layernorm.weight, ln_post=layer.post_attention_layernorm.weight,
-                    qkv=qkv, qkv_bias=biases, o=a.o_proj.weight, o_bias=_bias(a.o_proj),
-                    gate_up=gate_up, down=mlp.down_proj.weight,
+                    qkv=qkv, qkv_bias=biases, o=o, o_bias=_bias(a.o_proj),
+                    gate_up=gate_up, down=down,
                     q_norm=a.q_norm.weight if hasattr(a, "q_norm") else None,
                     k_norm=a.k_norm.weight if hasattr(a, "k_norm") else None,
                 ))
@@ -229,6 +262,9 @@ class FastLlama:
         self.embed = m.embed_tokens.weight
         self.final_norm = m.norm.weight
         self.lm_head = self.model.lm_head.weight
+        if self.packed:
+            with torch.no_grad():
+                self.lm_head = pack_weight(self.lm_head, self.pack_rows)
         self.lm_head_bias = _bias(self.model.lm_head)
         self._sources = [(t, t.data_ptr(), t._version) for t in self._params()]
         if moved:
@@ -306,15 +342,15 @@ class FastLlama:
 
     def _qkv(self, w: LayerWeights, h: Tensor) -> Tensor:
         if len(w.qkv) == 1:
-            return F.linear(h, w.qkv[0], w.qkv_bias[0])
-        return torch.cat([F.linear(h, wt, b) for wt, b in zip(w.qkv, w.qkv_bias)], dim=-1)
+            return linear(h, w.qkv[0], w.qkv_bias[0])
+        return torch.cat([linear(h, wt, b) for wt, b in zip(w.qkv, w.qkv_bias)], dim=-1)
 
     def _mlp(self, w: LayerWeights, h: Tensor) -> Tensor:
         if len(w.gate_up) == 1:
-            gate, up = F.linear(h, w.gate_up[0]).chunk(2, dim=-1)
+            gate, up = linear(h, w.gate_up[0]).chunk(2, dim=-1)
         else:
-            gate, up = F.linear(h, w.gate_up[0]), F.linear(h, w.gate_up[1])
-        return F.linear(F.silu(gate) * up, w.down)
+            gate, up = linear(h, w.gate_up[0]), linear(h, w.gate_up[1])
+        return linear(F.silu(gate) * up, w.down)
 
     def _split_heads(self, w: LayerWeights, qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[..., (H + 2K) * D] -> q [..., H, D], k [..., K, D], v [..., K, D] with RoPE applied."""
@@ -330,8 +366,8 @@ class FastLlama:
     def _logits(self, x: Tensor) -> Tensor:
         h = rms_norm(x, self.final_norm, self.eps)
         chunk = self.lm_head_chunk
-        if not chunk or chunk >= self.lm_head.shape[0]:
-            return F.linear(h, self.lm_head, self.lm_head_bias)
+        if self.lm_head.is_mkldnn or not chunk or chunk >= self.lm_head.shape[0]:
+            return linear(h, self.lm_head, self.lm_head_bias)
         # CPU: a [vocab, hidden] weight streamed in slices that stay in cache multiplies faster
         # than one call over the whole matrix, which MKL blocks poorly for a few rows
         out = h.new_empty(*h.shape[:-1], self.lm_head.shape[0])
@@ -407,7 +443,7 @@ class FastLlama:
                 v = torch.cat([pv.expand(n, -1, -1, -1), v], dim=2)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                   scale=self.scaling, enable_gqa=self.group > 1)
-            x = x + F.linear(attn.transpose(1, 2).reshape(n, T, -1), w.o, w.o_bias)
+            x = x + linear(attn.transpose(1, 2).reshape(n, T, -1), w.o, w.o_bias)
             x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
         return x, kvs
 
@@ -437,7 +473,7 @@ class FastLlama:
             else:
                 attn = F.scaled_dot_product_attention(q, kc[:b, :, :kv_len], vc[:b, :, :kv_len],
                                                       attn_mask=mask, scale=self.scaling)
-            x = x + F.linear(attn.reshape(b, -1), w.o, w.o_bias)
+            x = x + linear(attn.reshape(b, -1), w.o, w.o_bias)
             x = x + self._mlp(w, rms_norm(x, w.ln_post, self.eps))
         return self._logits(x)
 
