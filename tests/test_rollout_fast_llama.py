@@ -135,6 +135,26 @@ def test_refresh_weights_follows_in_place_updates(weights):
     torch.testing.assert_close(after[0], _hf_next_logits(model, [1, 2, 3])[-1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("weights", ["packed", "fused"])
+def test_weight_copies_follow_the_trainers_fused_adamw(weights):
+    """torch's fused AdamW does not bump parameter versions; build_optimizer's hook must, or the
+    engine's weight copies would go stale after the first RL update."""
+    from posttrain.train.optim import build_optimizer
+
+    model = _model("llama")
+    fast = _fast(model, weights)
+    fast.allocate(1, 16)
+    before = fast.prefill([[1, 2, 3]], [0], [0])
+    opt = build_optimizer(model, lr=0.05, weight_decay=0.0)
+    model(torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss.backward()
+    opt.step()
+    assert fast.weights_changed()
+    fast.refresh_weights()
+    after = fast.prefill([[1, 2, 3]], [0], [0])
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after[0], _hf_next_logits(model, [1, 2, 3])[-1], atol=1e-4, rtol=1e-4)
+
+
 def test_unsupported_architectures_are_reported():
     from transformers import GPT2Config, GPT2LMHeadModel
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=64))

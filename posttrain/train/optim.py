@@ -24,7 +24,17 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
         DTensor = ()
     sharded = any(isinstance(p, DTensor) for p in decay + no_decay)
     kind = {"foreach": True} if sharded else {"fused": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kind)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kind)
+    if not sharded:
+        optimizer.register_step_post_hook(_bump_versions)
+    return optimizer
+
+
+def _bump_versions(optimizer, args, kwargs) -> None:
+    # The fused kernel writes the parameters without bumping their version counters, which is how
+    # the generation engine notices in-place updates and refreshes its fused/packed weight copies;
+    # without this an RL policy would keep sampling from the weights it was built with.
+    torch.autograd.graph.increment_version([p for g in optimizer.param_groups for p in g["params"]])
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0):
