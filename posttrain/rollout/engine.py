@@ -97,6 +97,11 @@ class Engine:
         without CUDA graphs, i.e. on CPU).
     packed_gemm: run the fast path's matrix products through oneDNN on weights packed once per
         refresh (default: on for float32 models on CPU when torch has oneDNN).
+
+    Fused and packed weight copies are rebuilt when a parameter's version counter moves, i.e. after
+    any in-place update. torch's fused optimizers do not move it: `posttrain.train.optim
+    .build_optimizer` bumps it after each step; with another fused optimizer call
+    `engine.backend.refresh_weights(force=True)` after updating the model.
     """
 
     def __init__(self, model, tokenizer=None, *, backend: str = "auto", max_batch_size: int = 64,
