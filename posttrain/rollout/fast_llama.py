@@ -169,9 +169,10 @@ class FastLlama:
         self.fuse = (self.device.type == "cuda") if fuse_weights is None else fuse_weights
         self.lm_head_chunk = 1024 if self.device.type == "cpu" else 0
         # CPU fp32: oneDNN copies of the weights, pre-packed once per refresh. For the few rows of a
-        # decode step MKL's sgemm reaches a fraction of this AMD/AVX2 box's peak where oneDNN's
-        # blocked kernel runs ~2x faster (BENCHMARKS.md); the cost is one packed copy of every
-        # matrix (+540 MB for SmolLM2-135M) and a re-pack after each weight update.
+        # decode step oneDNN's blocked kernel beats MKL's sgemm on the AMD/AVX2 dev box (1.2-1.8x
+        # per matrix, decode step 200 -> 148 ms at batch 32; docs/GENERATION.md); the cost is one
+        # packed copy of every matrix (+540 MB for SmolLM2-135M) and a re-pack (0.25 s) after each
+        # weight update.
         cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
         self.packed = (cpu_fp32 and onednn_gemm_available()) if packed_gemm is None else packed_gemm
         if self.packed and not (cpu_fp32 and onednn_gemm_available()):
