@@ -21,7 +21,7 @@ import torch
 def build(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from posttrain.train.varlen_attn import register
+    from posttrain.train.varlen_attn import install
 
     if args.tiny:
         cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -34,7 +34,7 @@ def build(args):
     torch.manual_seed(0)
     with torch.device(args.device):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16 if args.device == "cuda" else torch.float32)
-    model.set_attn_implementation(register())
+    install(model, args.attn)
     model.config.use_cache = False
     if args.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -51,6 +51,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--attn", default="varlen", choices=["varlen", "varlen_flash"],
+                   help="per-document SDPA, or torch's varlen flash kernel (one launch per layer)")
     p.add_argument("--peak-tflops", type=float, default=989.0)
     args = p.parse_args()
 
@@ -88,7 +90,7 @@ def main():
     res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
            "params_b": n_params / 1e9, "tokens_per_step": tokens, "step_s": dt, "tokens_per_s": tps,
            "tflops": flops_per_token * tps / 1e12, "mfu": flops_per_token * tps / 1e12 / args.peak_tflops,
-           "compile": args.compile, "grad_ckpt": args.grad_ckpt, "loss": loss.item(),
+           "compile": args.compile, "attn": args.attn, "grad_ckpt": args.grad_ckpt, "loss": loss.item(),
            "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else None}
     print("SFT_CHECK " + json.dumps(res), flush=True)
 

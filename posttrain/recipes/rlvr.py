@@ -189,13 +189,8 @@ def load_value_model(cfg: RLVRConfig, tokenizer, dtype, device):
     policy's checkpoint with a new head; same attention implementation as the policy."""
     from posttrain.recipes.rm import load_reward_model
 
-    impl = cfg.model.attn_implementation
     model = load_reward_model(cfg.ppo.value_model or cfg.model.name_or_path, tokenizer, dtype, device,
-                              attn_implementation="sdpa" if impl == "varlen" else impl)
-    if impl == "varlen":
-        from posttrain.train.varlen_attn import register
-
-        model.set_attn_implementation(register())
+                              attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

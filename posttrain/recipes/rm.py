@@ -69,19 +69,18 @@ def load_reward_model(name_or_path: str, tokenizer=None, dtype: torch.dtype | st
     """`AutoModelForSequenceClassification(num_labels=1)` from a causal LM or reward-model
     checkpoint, with `pad_token_id` set (the HF class needs it to find the last real token).
     `attn_implementation` as in `ModelConfig`: "varlen" (per-document attention for packed rows,
-    our default) or an HF implementation."""
+    our default), "varlen_flash", or an HF implementation."""
     from transformers import AutoModelForSequenceClassification
 
+    from posttrain.train.varlen_attn import hf_attn_implementation, install
+
     kwargs = {"num_labels": 1, "dtype": parse_dtype(dtype) if isinstance(dtype, str) else (dtype or torch.float32),
-              "attn_implementation": "sdpa" if attn_implementation == "varlen" else attn_implementation}
+              "attn_implementation": hf_attn_implementation(attn_implementation)}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name_or_path), **kwargs)
     except OSError as e:
         raise ValueError(f"cannot load reward model from '{name_or_path}': {e}") from None
-    if attn_implementation == "varlen":
-        from posttrain.train.varlen_attn import register
-
-        model.set_attn_implementation(register())
+    install(model, attn_implementation)
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     if model.config.pad_token_id is None:

@@ -23,8 +23,9 @@ class ModelConfig:
     chat_template: str = field("model", "'model' (the tokenizer's own), 'tulu', or a Jinja template")
     dtype: Literal["auto", "float32", "bfloat16"] = field("auto", "auto = fp32 on CPU, bf16 on CUDA")
     gradient_checkpointing: bool = field(False, "recompute activations in backward to save memory")
-    attn_implementation: str = field("varlen", "varlen (packed, per-document fused attention), or an HF "
-                                     "implementation: sdpa, eager, flash_attention_2")
+    attn_implementation: str = field("varlen", "varlen (packed, per-document fused attention), varlen_flash "
+                                     "(same, through torch's varlen flash kernel on CUDA; opt-in, unmeasured), "
+                                     "or an HF implementation: sdpa, eager, flash_attention_2")
 
 
 @dataclasses.dataclass
@@ -123,12 +124,11 @@ def load_for_training(mcfg: ModelConfig, info: DistInfo, dtype: torch.dtype, ini
     """Load the policy model for training: dtype, attention, checkpointing, device."""
     from posttrain.models import load_model
 
-    impl = mcfg.attn_implementation
-    model = load_model(init_from or mcfg.name_or_path, dtype=dtype, attn_implementation="sdpa" if impl == "varlen" else impl)
-    if impl == "varlen":
-        from posttrain.train.varlen_attn import register
+    from posttrain.train.varlen_attn import hf_attn_implementation, install
 
-        model.set_attn_implementation(register())
+    impl = mcfg.attn_implementation
+    model = install(load_model(init_from or mcfg.name_or_path, dtype=dtype,
+                               attn_implementation=hf_attn_implementation(impl)), impl)
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

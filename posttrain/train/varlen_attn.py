@@ -5,6 +5,12 @@ of a packed row (boundaries in `cu_seq_lens_q`) runs through `scaled_dot_product
 `is_causal=True`, which uses the fused flash kernels on CPU and GPU; a dense block-diagonal mask
 would instead force the unfused path and materialise every head's N x N scores. RL rows may
 instead carry prompt groups (`posttrain_groups`): one prompt shared by several responses.
+
+`attn_implementation: varlen_flash` keeps the same name but, on CUDA, sends plain packed rows to
+torch's variable-length flash kernel (`torch.nn.attention.varlen.varlen_attn`): one launch per
+layer instead of one per document, and grouped-query attention without copying keys and values
+to every query head. It is unmeasured on a GPU so far (no GPU was lent when it was written), so
+it is opt-in; everything else (CPU, prompt groups, explicit masks) takes the SDPA path.
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ import torch
 import torch.nn.functional as F
 
 NAME = "posttrain_varlen"
+IMPLEMENTATIONS = ("varlen", "varlen_flash")  # the `attn_implementation` values served here
 _registered = False
+_kernel = "sdpa"  # or "flash": torch's varlen flash kernel for plain packed rows on CUDA
+_flash_on_cpu = False  # tests only: lets a stand-in kernel exercise the flash path's layout on CPU
 
 
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     # query: [B, H, T, D]; key/value: [B, Hkv, T, D]. Returns [B, T, H, D] like HF's own kernels.
+    cu = kwargs.get("cu_seq_lens_q")
+    if (_kernel == "flash" and (query.is_cuda or _flash_on_cpu) and cu is not None and query.shape[0] == 1
+            and attention_mask is None and kwargs.get("posttrain_groups") is None):
+        return flash_varlen(query, key, value, cu, kwargs.get("max_length_q"), scaling), None
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    cu = kwargs.get("cu_seq_lens_q")
     groups = kwargs.get("posttrain_groups")
     if groups is not None:
         out = grouped_attention(query, key, value, groups, scaling)
@@ -39,6 +51,38 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
                                            is_causal=True, scale=scaling)
             for s, e in zip(bounds[:-1], bounds[1:])], dim=2)
     return out.transpose(1, 2).contiguous(), None
+
+
+def flash_varlen(query, key, value, cu, max_len, scaling):
+    """One packed row [1, H, T, D] (key/value [1, Hkv, T, D]) through torch's varlen flash kernel,
+    causal within each document; returns [1, T, H, D]. Older torch releases spell causality
+    `is_causal` and lack `enable_gqa`; both spellings are handled."""
+    from torch.nn.attention import varlen
+
+    params = _varlen_params(varlen.varlen_attn)
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D] views
+    extra = {}
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            extra["enable_gqa"] = True
+        else:
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    if "window_size" in params:
+        extra["window_size"] = (-1, 0)
+    else:
+        extra["is_causal"] = True
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if max_len is None:
+        max_len = int((cu[1:] - cu[:-1]).max())
+    out = varlen.varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, **extra)
+    return out.unsqueeze(0)
+
+
+@functools.lru_cache(maxsize=8)
+def _varlen_params(fn) -> frozenset:
+    import inspect
+
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def grouped_attention(query, key, value, groups, scaling):
@@ -92,11 +136,30 @@ def _group_mask(p: int, lens: tuple[int, ...], device) -> torch.Tensor:
                       own[None] & real[:, None, :]], dim=2)[:, None]
 
 
-def register() -> str:
-    global _registered
+def register(kernel: str = "sdpa") -> str:
+    """Register the attention function with transformers; `kernel` is "sdpa" (per-document SDPA)
+    or "flash" (torch's varlen flash kernel on CUDA). Returns the name to pass to
+    `set_attn_implementation`."""
+    global _registered, _kernel
+    if kernel not in ("sdpa", "flash"):
+        raise ValueError(f"unknown varlen kernel '{kernel}'; valid: sdpa, flash")
+    _kernel = kernel
     if not _registered:
         from transformers import AttentionInterface
 
         AttentionInterface.register(NAME, varlen_attention)
         _registered = True
     return NAME
+
+
+def hf_attn_implementation(impl: str) -> str:
+    """What to load a model with for a `ModelConfig.attn_implementation` value: ours are
+    installed after loading on top of SDPA."""
+    return "sdpa" if impl in IMPLEMENTATIONS else impl
+
+
+def install(model, impl: str):
+    """Switch a loaded model to our attention when `impl` is one of ours; returns the model."""
+    if impl in IMPLEMENTATIONS:
+        model.set_attn_implementation(register("flash" if impl == "varlen_flash" else "sdpa"))
+    return model
