@@ -8,6 +8,7 @@
    LM head for MKL is the engine's chunked form, whichever is faster).
 2. The engine's decode step (FastLlama, the embedded model, 64-token prompts) with packed and
    live weights, alternated over rounds so that machine noise hits both.
+3. `--profile`: where the packed decode step's time goes, by operator (torch.profiler, 10 steps).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def per_matrix(rows: int, n: int) -> None:
           f"{total_dnnl * 1e3:.1f} ms, {total_mkl / total_dnnl:.2f}x\n", flush=True)
 
 
-def decode_step(model_name: str, batch: int, prompt_len: int, rounds: int, steps: int) -> None:
+def decode_step(model_name: str, batch: int, prompt_len: int, rounds: int, steps: int,
+                profile: bool = False) -> None:
     from posttrain.models import load_model
 
     model = load_model(model_name).eval()
@@ -77,6 +79,15 @@ def decode_step(model_name: str, batch: int, prompt_len: int, rounds: int, steps
     t0 = time.perf_counter()
     engines["packed"].refresh_weights(force=True)
     print(f"repacking every weight: {time.perf_counter() - t0:.2f} s")
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        fast = engines["packed"]
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(10):
+                fast.decode(tok, batch)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 def main() -> None:
@@ -87,6 +98,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="then profile 10 packed decode steps by operator")
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,7 +106,7 @@ def main() -> None:
         for r in [int(x) for x in args.rows.split(",")]:
             per_matrix(r, args.iters)
     if not args.skip_decode:
-        decode_step(args.model, args.batch, 64, args.rounds, 8)
+        decode_step(args.model, args.batch, 64, args.rounds, 8, args.profile)
 
 
 if __name__ == "__main__":
