@@ -298,3 +298,19 @@ def test_string_helpers_equal_lm_eval(hendrycks_ref):
     pairs += [("0.5", "\\frac{1}{2}"), ("x/2", "x/2"), ("\\sqrt", "\\sqrt")]
     for a, b in pairs:
         assert hendrycks_is_equiv(a, b) == hendrycks_ref.is_equiv(a, b), (a, b)
+
+
+def test_scorer_normalises_the_gold_like_the_output():
+    # The spec's gold is normalize_final_answer(...): a raw `\$36` must score as the task's "36".
+    final = "Final Answer: The final answer is \\$36. I hope it is correct."
+    assert MathScorer().score(final, "\\$36")["exact_match"] == 1.0
+    assert MathScorer().score(final, "36", gold_normalized=True)["exact_match"] == 1.0
+    # normalising is not idempotent everywhere ("fftt" -> "ft" -> ""), so a normalised gold is
+    # passed through untouched
+    assert normalize_final_answer("fftt") == "ft" and normalize_final_answer("ft") == ""
+    boxed = "so \\boxed{fftt}"  # candidate "ft"
+    assert MathScorer().score(boxed, "fftt")["exact_match_flex"] == 1.0
+    assert MathScorer().score(boxed, "ft", gold_normalized=True)["exact_match_flex"] == 1.0
+    assert MathScorer().score(boxed, "ft")["exact_match_flex"] == 0.0  # normalised twice: ""
+    answers = [json.loads(line)["answer"] for line in MATH500.read_text().splitlines()]
+    assert all(normalize_final_answer(normalize_final_answer(a)) == normalize_final_answer(a) for a in answers)

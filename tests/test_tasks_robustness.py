@@ -17,6 +17,7 @@ import pytest
 
 from posttrain.tasks import get_task
 from posttrain.tasks.ifeval_checks import detect_language
+from posttrain.tasks.minerva_math import MathScorer
 from posttrain.tasks.punkt_offline import word_tokenize
 from posttrain.tasks.rewards import verify
 from posttrain.tasks.symbolic import Deadline, SymbolicChecker, default_checker, symbolic_equal
@@ -135,7 +136,7 @@ def test_timeouts_work_off_the_main_thread(graders):
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(compare, pairs))
     assert [r for r, _ in results] == [False, True, False, True] * 2
-    assert all(elapsed <= BOUND_S + 1.0 for _, elapsed in results)  # may wait for a free worker
+    assert all(elapsed <= BOUND_S for _, elapsed in results)
 
 
 def _children(pid: int) -> list[int]:
@@ -194,3 +195,89 @@ def test_concurrent_scoring_from_threads(graders):
         flex = list(pool.map(work, outputs))
     assert not errors and flex == [1.0, 0.0, 1.0, 0.0] * 3
     assert threading.active_count() >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# MATH: the whole scoring call ends by `MathScorer.budget_s` (issue #14)
+
+_BUDGET_S = MathScorer().budget_s
+_FRAC_5000 = "\\frac{" * 500 + "1" + "}{2}" * 500  # 5,001 characters: too long to compare
+_FRAC_990 = "\\frac{" * 99 + "1" + "}{2}" * 99  # just under the length limit: compared
+MATH_ADVERSARIAL = {
+    "tower_9": "\\boxed{9^{9^{9^{9}}}}",
+    "tower_10": "\\boxed{10^{10^{10}}}",
+    "tower_2": "\\boxed{2^{2^{2^{2^{2^{2}}}}}}",
+    "factorials": "\\boxed{10!!!!}",
+    "tower_in_dollars": "\\boxed{\\$9^{9^{9^{9}}}}",
+    "frac_5000": "\\boxed{" + _FRAC_5000 + "}",
+    "frac_990": "\\boxed{" + _FRAC_990 + "}",
+    # two candidates (Minerva sentence, last box) that each would use a full timeout
+    "two_towers": "Final Answer: The final answer is $9^{9^{9^{9}}}$. I hope it is correct. \\boxed{10^{10^{10}}}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATH_ADVERSARIAL))
+def test_math_calls_end_by_their_budget(graders, name):
+    output = MATH_ADVERSARIAL[name]
+    reward, elapsed = _timed(verify, output, "math", "3")
+    assert elapsed < 2 * _BUDGET_S and reward == 0.0, f"reward took {elapsed:.2f}s (budget {_BUDGET_S}s)"
+    score, elapsed = _timed(MathScorer().score, output, "3")
+    assert elapsed < 2 * _BUDGET_S, f"score took {elapsed:.2f}s (budget {_BUDGET_S}s)"
+    assert (score["exact_match"], score["exact_match_flex"]) == (0.0, 0.0)
+    assert verify("\\boxed{\\frac{6}{2}}", "math", "3") == 1.0  # a killed worker was replaced
+
+
+def test_math_budget_holds_with_more_callers_than_workers(graders):
+    """Waiting for a free worker is charged to the call: 8 callers, a 4-worker pool, all stuck."""
+
+    def reward(output):
+        return _timed(verify, output, "math", "3")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(reward, [MATH_ADVERSARIAL["tower_9"]] * 8))
+    assert [value for value, _ in results] == [0.0] * 8
+    assert max(elapsed for _, elapsed in results) < 2 * _BUDGET_S, results
+
+
+def test_waiting_for_a_worker_counts_against_the_timeout():
+    checker = SymbolicChecker(max_workers=1)
+    try:
+        assert checker.equal("\\frac{1}{2}", "0.5")  # start-up happens here, uncharged
+
+        def compare(_):
+            return _timed(checker.equal, "1", "9^{9^{9^9}}", 0.5)
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = list(pool.map(compare, range(3)))
+        assert [r for r, _ in results] == [False] * 3
+        # one worker: queued calls used to take 0.5 s more per caller ahead of them
+        assert max(elapsed for _, elapsed in results) < 1.0, results
+        assert checker.equal("\\frac{1}{2}", "0.5")
+    finally:
+        checker.close()
+
+
+def test_start_up_is_not_charged_to_the_deadline():
+    checker = SymbolicChecker(max_workers=1)
+    try:
+        # 0.3 s is far less than the zygote's start-up; the comparison itself takes milliseconds.
+        assert checker.equal("\\frac{1}{2}", "0.5", 1.0, Deadline(0.3)) is True
+    finally:
+        checker.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to list processes")
+def test_a_dead_zygote_costs_one_comparison_then_restarts():
+    checker = SymbolicChecker(max_workers=1)
+    try:
+        assert checker.equal("\\frac{1}{2}", "0.5")
+        os.kill(checker._zygote.pid, 9)
+        checker._zygote.wait()
+        # the idle worker outlives the zygote; once it is killed no replacement can be forked
+        result, elapsed = _timed(checker.equal, "1", "10^{10^{10}}", 0.3)
+        assert result is False and elapsed < 0.6
+        result, elapsed = _timed(checker.equal, "\\frac{1}{2}", "0.5", 1.0, Deadline(1.0))
+        assert result is False and elapsed < 1.0  # no waiting for a restart inside the budget
+        assert checker.equal("\\frac{1}{2}", "0.5")  # the relaunched zygote is waited for
+    finally:
+        checker.close()

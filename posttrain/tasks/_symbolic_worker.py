@@ -60,8 +60,9 @@ def _load():
 
 
 def _as_math(s: str) -> str:
-    # Candidates are already-normalised answers without `$`; delimit them so the LaTeX extractor
-    # reads the whole string as one expression.
+    # A `$` left here delimits math (the parent drops currency dollars first, see
+    # `math_answers.without_currency`), so the extractor gets such text as is; anything else is
+    # delimited so the LaTeX extractor reads the whole string as one expression.
     return s if "$" in s else "$" + s + "$"
 
 

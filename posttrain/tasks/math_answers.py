@@ -259,6 +259,37 @@ def hendrycks_is_equiv(a: str | None, b: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Currency, before a symbolic comparison
+
+# `\$` not itself escaped: in "\\$" the backslashes are a LaTeX line break and the `$` is math.
+_ESCAPED_DOLLAR = re.compile(r"(?<!\\)((?:\\\\)*)\\\$")
+_LONE_CURRENCY_DOLLAR = re.compile(r"(?<!\\)\$(?=\s*\.?\d)")
+# A trailing unit word "dollar(s)", bare or as the whole of a text box, after optional LaTeX spaces.
+# The lookbehind lets a match start only where a run of spaces begins, so a long run is scanned
+# once rather than once per position.
+_DOLLAR_UNIT = re.compile(
+    r"(?<![\s~,;:!\\])(?:\s|~|\\[ ,;:!])*"
+    r"(?:\\(?:text|textrm|mbox|mathrm)\s*\{\s*dollars?\s*\}|(?<![A-Za-z\\])dollars?)\s*\Z"
+)
+
+
+def without_currency(s: str) -> str:
+    """`s` with its currency marks removed, for the symbolic comparison only: `\\$` (LaTeX's
+    literal dollar sign, never math mode), a single unescaped `$` directly before a number (a `$`
+    with no partner cannot delimit math), and a trailing unit word "dollar(s)".
+
+    So `\\$18.90`, `$18.90`, `18.90 dollars` and `18.90\\text{ dollars}` all compare as 18.90
+    (Minerva's normalisation drops `\\$` and "dollars" the same way in the eval path). Digit
+    grouping (`1,\\!000`, `1,000`) is left to math-verify, which reads it as one number. Other
+    units are not converted: `50 cents` is not `\\$0.50`.
+    """
+    s = _ESCAPED_DOLLAR.sub(r"\1", s)
+    if s.count("$") == 1:
+        s = _LONE_CURRENCY_DOLLAR.sub("", s)
+    return _DOLLAR_UNIT.sub("", s)
+
+
+# ---------------------------------------------------------------------------------------------
 # Candidate answers
 
 

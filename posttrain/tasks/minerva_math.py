@@ -35,8 +35,15 @@ from posttrain.tasks.math_answers import (
     normalize_final_answer,
     reward_candidates,
     strict_candidate,
+    without_currency,
 )
-from posttrain.tasks.symbolic import DEFAULT_TIMEOUT_S, Deadline, default_checker, symbolic_equal
+from posttrain.tasks.symbolic import (
+    DEFAULT_TIMEOUT_S,
+    MAX_SYMBOLIC_CHARS,
+    Deadline,
+    default_checker,
+    symbolic_equal,
+)
 
 # lm-eval's minerva_math `list_fewshot_samples()` as OLMES used it in Nov 2024, including the
 # stray "}" at the end of the first problem.
@@ -125,21 +132,31 @@ class MathScorer:
     """Strict and flex exact match of one output, and the RLVR reward.
 
     `timeout_s` bounds each symbolic comparison (the spec uses 5 s; 1 s keeps RL reward workers
-    responsive and changes nothing measurable, see docs/EVAL_NOTES.md); `budget_s` bounds all
-    symbolic comparisons of one call together.
+    responsive and changes nothing measurable, see docs/EVAL_NOTES.md); `budget_s` bounds the
+    whole `score` / `reward` call: a comparison still running at its end is killed and counts as
+    not equal. The checker's one-time start-up is not charged (`posttrain.tasks.symbolic`).
     """
 
     timeout_s: float = DEFAULT_TIMEOUT_S
     budget_s: float = 1.5
 
     def _equal(self, candidate: str, gold: str, deadline: Deadline, cache: dict[str, bool]) -> bool:
-        if candidate not in cache:
-            cache[candidate] = symbolic_equal(gold, candidate, self.timeout_s, deadline)
-        return cache[candidate]
+        # Currency marks are dropped from both sides: math-verify reads `\$18.90` as no number at
+        # all, and the worker cannot tell a currency `$` from a math delimiter.
+        if len(candidate) > MAX_SYMBOLIC_CHARS or len(gold) > MAX_SYMBOLIC_CHARS:
+            return False
+        key = without_currency(candidate)
+        if key not in cache:
+            cache[key] = symbolic_equal(without_currency(gold), key, self.timeout_s, deadline)
+        return cache[key]
 
-    def score(self, output: str, gold: str) -> dict[str, Any]:
+    def score(self, output: str, gold: str, gold_normalized: bool = False) -> dict[str, Any]:
+        """Strict and flex exact match against `gold`, a MATH answer as written (`\\$36`); it is
+        normalised like the candidates, as the spec's gold is. `gold_normalized=True` skips that for
+        a gold already normalised (`normalize_final_answer` is not idempotent on every string)."""
         output = clip_tail(as_text(output))
         deadline, cache = Deadline(self.budget_s), {}
+        gold = as_text(gold) if gold_normalized else normalize_final_answer(as_text(gold))
         strict = strict_candidate(output)
         exact = strict is not None and self._equal(strict, gold, deadline, cache)
         candidates = flex_candidates(output)
@@ -224,7 +241,7 @@ class MathTask:
         )
 
     def score(self, sample: Sample, output: str) -> dict[str, Any]:
-        return self.scorer.score(output, sample.ground_truth)
+        return self.scorer.score(output, sample.ground_truth, gold_normalized=True)
 
     def aggregate(self, scores: list[dict[str, Any]], samples: list[Sample]) -> dict[str, float]:
         if len(scores) != len(samples):

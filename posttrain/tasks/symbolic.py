@@ -6,6 +6,12 @@ process instead; when it overruns its timeout the child is SIGKILLed and the com
 "not equal", exactly like a timeout in the spec. Children are forked from a warm zygote
 (`_symbolic_worker.py`), so replacing a killed one costs milliseconds.
 
+Time bound: a comparison ends by its timeout (or the caller's `Deadline`, whichever is first),
+counting everything it waits for: a free worker, forking a new one, the socket round trip. Only the
+zygote's one-time start-up (seconds of imports; `prestart` overlaps it with other work) is not
+charged: `equal` waits for it first and moves the caller's deadline by the time waited, so the
+first call of a process is not scored "not equal" merely because the checker was still starting.
+
 Equivalence itself is math-verify's (`parse` + `verify`); see docs/EVAL_NOTES.md for how that
 differs from sympy's `parse_latex` + `simplify(a - b) == 0`.
 """
@@ -32,10 +38,20 @@ _WORKER_SCRIPT = Path(__file__).with_name("_symbolic_worker.py")
 # Longer answers are never real final answers; they only cost parse time.
 MAX_SYMBOLIC_CHARS = 1000
 DEFAULT_TIMEOUT_S = 1.0
+# Callers waiting for a free worker spend their own budget, so the pool should rarely be the
+# bottleneck; a forked worker costs little memory (the zygote is ~65 MB, mostly shared).
+DEFAULT_MAX_WORKERS = 4
 
 
 class SymbolicUnavailable(RuntimeError):
     """The comparison process could not be started (math-verify missing, no fork, ...)."""
+
+
+def _left(end: float) -> float:
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("symbolic comparison deadline passed")
+    return left
 
 
 @dataclass
@@ -43,11 +59,14 @@ class _Worker:
     pid: int
     sock: socket.socket
 
-    def ask(self, gold: str, pred: str, timeout_s: float) -> bool:
-        body = json.dumps([gold, pred, timeout_s]).encode()
-        self.sock.settimeout(timeout_s)
+    def ask(self, gold: str, pred: str, end: float) -> bool:
+        """The worker's verdict, or TimeoutError at `end` (time.monotonic())."""
+        body = json.dumps([gold, pred, _left(end)]).encode()
+        # One timeout per socket call would let send + receive take twice the time left.
+        self.sock.settimeout(_left(end))
         self.sock.sendall(_HEADER.pack(len(body)) + body)
-        reply = self.sock.recv(1)  # socket.timeout (TimeoutError) when it overruns
+        self.sock.settimeout(_left(end))
+        reply = self.sock.recv(1)
         if reply not in (b"0", b"1"):
             raise ConnectionError("symbolic worker closed its socket")
         return reply == b"1"
@@ -63,7 +82,7 @@ class _Worker:
 class SymbolicChecker:
     """A small pool of comparison processes, safe to share between threads."""
 
-    def __init__(self, max_workers: int = 2, startup_timeout_s: float = 120.0):
+    def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS, startup_timeout_s: float = 120.0):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self.max_workers = max_workers
@@ -76,23 +95,54 @@ class SymbolicChecker:
         self._control: socket.socket | None = None
         self._spawn_lock = threading.Lock()
 
-    def equal(self, gold: str, pred: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-        """True when math-verify shows `pred` equals `gold` within `timeout_s` seconds."""
+    def equal(
+        self, gold: str, pred: str, timeout_s: float = DEFAULT_TIMEOUT_S, deadline: Deadline | None = None
+    ) -> bool:
+        """True when math-verify shows `pred` equals `gold` within `timeout_s` seconds (and before
+        `deadline`); returns by then whatever the worker is doing."""
         if timeout_s <= 0 or len(gold) > MAX_SYMBOLIC_CHARS or len(pred) > MAX_SYMBOLIC_CHARS:
             return False
-        worker = self._acquire()
+        if deadline is not None and deadline.left() <= 0:
+            return False
+        waited = self.wait_ready()
+        if deadline is not None:
+            deadline.extend(waited)
+        end = time.monotonic() + timeout_s
+        if deadline is not None:
+            end = min(end, deadline.end)
+        if end <= time.monotonic():
+            return False
+        worker = self._acquire(end)
+        if worker is None:  # no worker free (or forked) in time
+            return False
         try:
-            result = worker.ask(gold, pred, timeout_s)
+            result = worker.ask(gold, pred, end)
         except (OSError, ConnectionError):  # timeout, or the worker died: kill and replace it
             self._discard(worker)
             return False
         self._release(worker)
         return result
 
+    def wait_ready(self) -> float:
+        """Start the zygote if needed and wait until it can fork workers; the seconds waited.
+
+        Raises SymbolicUnavailable when it does not come up within `startup_timeout_s`.
+        """
+        if self._control is not None:
+            return 0.0
+        start = time.monotonic()
+        with self._spawn_lock:
+            if self._control is None:
+                if self._launching is None:
+                    self._launch_zygote()
+                self._await_zygote()
+        return time.monotonic() - start
+
     def close(self) -> None:
         with self._cond:
             for worker in self._idle:
                 worker.kill()
+            self._count -= len(self._idle)  # else a reused checker waits for workers that are gone
             self._idle.clear()
         with self._spawn_lock:
             for sock in (self._control, self._launching):
@@ -106,20 +156,25 @@ class SymbolicChecker:
                     self._zygote.kill()
                 self._zygote = None
 
-    def _acquire(self) -> _Worker:
+    def _acquire(self, end: float) -> _Worker | None:
         with self._cond:
             while not self._idle and self._count >= self.max_workers:
-                self._cond.wait()
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
             if self._idle:
                 return self._idle.pop()
             self._count += 1
+        worker = None
         try:
-            return self._spawn()
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
+            worker = self._spawn(end)
+            return worker
+        finally:
+            if worker is None:
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
 
     def _release(self, worker: _Worker) -> None:
         with self._cond:
@@ -138,26 +193,38 @@ class SymbolicChecker:
             if self._control is None and self._launching is None:
                 self._launch_zygote()
 
-    def _spawn(self) -> _Worker:
-        with self._spawn_lock:
-            for _ in range(2):
-                if self._control is None:
-                    if self._launching is None:
-                        self._launch_zygote()
-                    self._await_zygote()
-                ours, theirs = socket.socketpair()
-                try:
-                    socket.send_fds(self._control, [b"W"], [theirs.fileno()])
-                    raw = self._recv_exact(self._control, _PID.size)
-                except OSError:
-                    raw = None
-                finally:
-                    theirs.close()
-                if raw is not None:
-                    return _Worker(pid=_PID.unpack(raw)[0], sock=ours)
-                ours.close()
-                self._reset_zygote()  # it died; start a new one once
-            raise SymbolicUnavailable("the symbolic comparison zygote keeps dying")
+    def _spawn(self, end: float) -> _Worker | None:
+        """A freshly forked worker, or None when that cannot be done before `end`."""
+        left = end - time.monotonic()
+        if left <= 0 or not self._spawn_lock.acquire(timeout=left):
+            return None
+        try:
+            if self._control is None:
+                # The zygote died since `wait_ready` (or was closed). Restarting takes seconds, so
+                # this comparison is lost; the next call's `wait_ready` waits for the new one.
+                if self._launching is None:
+                    self._launch_zygote()
+                return None
+            ours, theirs = socket.socketpair()
+            try:
+                self._control.settimeout(_left(end))
+                socket.send_fds(self._control, [b"W"], [theirs.fileno()])
+                raw = self._recv_exact(self._control, _PID.size)
+            except OSError:  # includes TimeoutError
+                raw = None
+            finally:
+                theirs.close()
+            if raw is not None:
+                self._control.settimeout(None)
+                return _Worker(pid=_PID.unpack(raw)[0], sock=ours)
+            ours.close()
+            # Dead, or a fork reply still in flight that would answer the next request: either
+            # way the control channel is unusable. Relaunch in the background.
+            self._reset_zygote()
+            self._launch_zygote()
+            return None
+        finally:
+            self._spawn_lock.release()
 
     def _launch_zygote(self) -> None:
         ours, theirs = socket.socketpair()
@@ -234,6 +301,10 @@ class Deadline:
     def left(self) -> float:
         return self.end - time.monotonic()
 
+    def extend(self, seconds: float) -> None:
+        """Leave `seconds` uncharged (the checker's one-time start-up)."""
+        self.end += seconds
+
 
 def symbolic_equal(
     gold: str,
@@ -243,6 +314,4 @@ def symbolic_equal(
     checker: SymbolicChecker | None = None,
 ) -> bool:
     """math-verify equivalence, False on any error or after `timeout_s` (or the deadline)."""
-    if deadline is not None:
-        timeout_s = min(timeout_s, deadline.left())
-    return (checker or default_checker()).equal(gold, pred, timeout_s)
+    return (checker or default_checker()).equal(gold, pred, timeout_s, deadline)
