@@ -117,14 +117,53 @@ def _convert_gguf(src_dir: Path, gguf_file: str, out_dir: Path) -> None:
         raise
 
 
+def _looks_like_local_path(name: str) -> bool:
+    """True when `name` cannot be a hub id, so a missing directory must not be sent to the hub
+    (whose "Repo id must be in the form ..." message hides that the path does not exist)."""
+    if name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)):
+        return True
+    if os.sep != "/" and os.sep in name:  # a Windows path; hub ids only ever use "/"
+        return True
+    if name.count("/") > 1:  # hub ids have at most one: org/name
+        return True
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _check_local_dir(name: str) -> str | None:
+    """The expanded local directory `name` names, None if it should be tried as a hub id; raises
+    ValueError for a path that does not exist or is not a Hugging Face model directory."""
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not (Path(path) / "config.json").is_file():
+            raise ValueError(f"model path {name}: not a Hugging Face model directory (no config.json in it)")
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"model path {name} is a file; give the directory that holds config.json")
+    if _looks_like_local_path(name):
+        embedded = ", ".join(EMBEDDED_MODELS)
+        raise ValueError(f"model path not found: {name} (not a local directory; hub ids look like org/name; "
+                         f"embedded models: {embedded})")
+    return None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """Map an embedded model name to its cached HF directory (converting once); else pass through."""
+    """Map an embedded model name to its cached HF directory (converting once), a local directory
+    to its expanded path, and pass a hub id through. A name that can only be a local path and does
+    not exist, or a directory without config.json, is a ValueError here, before the caller
+    writes anything."""
     name = str(name_or_path)
     spec = EMBEDDED_MODELS.get(name)
     if spec is None:
-        if os.path.exists(name) and os.path.isdir(name) and not (Path(name) / "config.json").is_file():
-            raise ValueError(f"{name}: not a Hugging Face model directory (no config.json)")
-        return name
+        local = _check_local_dir(name)
+        return name if local is None else local
     out_dir = cache_dir() / "models" / name
     if (out_dir / "config.json").is_file():
         return str(out_dir)
@@ -136,6 +175,14 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     return str(out_dir)
 
 
+def _no_local_hint(path: str) -> str:
+    # "runs/final" is both a valid hub id and a plausible relative path: when the hub fails,
+    # say that no such local directory exists either, so a typo in a local path is visible.
+    if not os.path.exists(path):
+        return f" (tried as a hub id; there is no local directory {path!r} under {os.getcwd()})"
+    return ""
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, chat_template: str = "model"):
     """Load a tokenizer; `chat_template` is "model" (its own), "tulu", or a Jinja template string."""
     from transformers import AutoTokenizer
@@ -144,7 +191,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, chat_template: str = "model"
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise ValueError(f"cannot load tokenizer from '{name_or_path}': {e}") from None
+        raise ValueError(f"cannot load tokenizer from '{name_or_path}': {e}{_no_local_hint(path)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     apply_chat_template_choice(tok, chat_template)
@@ -181,7 +228,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise ValueError(f"cannot load model from '{name_or_path}': {e}") from None
+        raise ValueError(f"cannot load model from '{name_or_path}': {e}{_no_local_hint(path)}") from None
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     if device is not None:

@@ -13,7 +13,8 @@ import torch
 
 from posttrain.rollout import Engine, SamplingParams
 from posttrain.rollout.sampling import sequence_key
-from posttrain.rollout.server import Batcher, ChatService, ServerHandle, batch_seed, text_pieces
+from posttrain.config import ConfigError, load_config
+from posttrain.rollout.server import Batcher, ChatService, ServeConfig, ServerHandle, batch_seed, text_pieces
 
 NAME = "tiny-chat"
 
@@ -161,6 +162,10 @@ BAD_REQUESTS = [
     ({"model": NAME, "messages": user("hi"), "temperature": 3}, 400, "temperature"),
     ({"model": NAME, "messages": user("hi"), "top_p": 0}, 400, "top_p"),
     ({"model": NAME, "messages": user("hi"), "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": NAME, "messages": user("hi"), "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": NAME, "messages": user("hi"), "max_tokens": 10**30}, 400, "max_tokens"),
+    ({"model": NAME, "messages": user("hi"), "max_tokens": "lots"}, 400, "max_tokens"),
+    ({"model": NAME, "messages": user("hi"), "max_tokens": 5, "max_completion_tokens": 6}, 400, "max_tokens"),
     ({"model": NAME, "messages": user("hi"), "n": 100}, 400, "n"),
     ({"model": NAME, "messages": user("hi"), "stop": [""]}, 400, "stop"),
     ({"model": NAME, "messages": user("hi"), "tools": []}, 400, "tools"),
@@ -196,6 +201,90 @@ def test_api_key_is_enforced(model, tokenizer):
         assert httpx.get(handle.base_url + "/models").status_code == 401
         ok = httpx.post(handle.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer sekrit"})
         assert ok.status_code == 200
+
+
+def prompt_len(tokenizer, messages):
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_huge_max_tokens_is_refused_at_once(server, tokenizer, field):
+    """Clipped silently, max_tokens 1e9 would decode to the end of the context (minutes on CPU on an
+    8k-context model); like vLLM, the server refuses it, giving the numbers."""
+    msgs = user("Tell me everything.")
+    p = prompt_len(tokenizer, msgs)
+    t = time.perf_counter()
+    r = post(server, {"model": NAME, "messages": msgs, field: 1_000_000_000})
+    assert time.perf_counter() - t < 5  # answered before any decoding
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == field and err["type"] == "invalid_request_error"
+    assert err["code"] == "context_length_exceeded"
+    assert err["message"] == (f"{field}=1000000000 is too large: the prompt has {p} tokens and the model's "
+                              f"context length is 512, so {512 - p} completion tokens fit; at most {512 - p} "
+                              f"is allowed")
+    ok = post(server, {"model": NAME, "messages": msgs, "max_tokens": 3, "temperature": 0})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 3
+
+
+def short_context_server(tokenizer, context, **service_kw):
+    """A server over a tiny model with `context` positions, so decoding to the end of it is cheap."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    service = ChatService(Engine(LlamaForCausalLM(cfg).eval(), tokenizer), tokenizer, NAME, batch_window_ms=1,
+                          **service_kw)
+    return ServerHandle.for_service(service)
+
+
+def test_max_tokens_up_to_the_context_left_is_accepted(tokenizer):
+    msgs = user("hi")
+    p = prompt_len(tokenizer, msgs)
+    with short_context_server(tokenizer, p + 20) as handle:
+        over = post(handle, {"model": NAME, "messages": msgs, "max_tokens": 21})
+        assert over.status_code == 400, over.text
+        assert f"the prompt has {p} tokens" in over.json()["error"]["message"]
+        # this seeded random model, greedy, emits no EOS within 20 tokens, so the reply fills the
+        # context exactly: the budget reached the engine unclipped
+        for body in ({"max_tokens": 20}, {}):  # {}: the default (512) is clipped to the room, not refused
+            r = post(handle, {"model": NAME, "messages": msgs, "temperature": 0, **body})
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"] == {"prompt_tokens": p, "completion_tokens": 20, "total_tokens": p + 20}
+            assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_max_tokens_limit_is_enforced(tokenizer):
+    msgs = user("hi")
+    p = prompt_len(tokenizer, msgs)
+    with short_context_server(tokenizer, 256, max_tokens_limit=6) as handle:
+        r = post(handle, {"model": NAME, "messages": msgs, "max_completion_tokens": 7})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "max_completion_tokens" and err["code"] == "invalid_value"
+        assert err["message"] == (f"max_completion_tokens=7 exceeds this server's max_tokens_limit: the prompt "
+                                  f"has {p} tokens and the model's context length is 256, so {256 - p} completion "
+                                  f"tokens fit; this server's max_tokens_limit is 6; at most 6 is allowed")
+        r = post(handle, {"model": NAME, "messages": msgs, "max_tokens": 6, "temperature": 0})
+        assert r.status_code == 200
+        # the default budget (512) is capped by the limit too
+        r = post(handle, {"model": NAME, "messages": msgs, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 6
+
+
+def test_max_tokens_limit_is_validated_in_the_config():
+    assert load_config(ServeConfig).max_tokens_limit is None
+    assert load_config(ServeConfig, overrides=["max_tokens_limit=64", "default_max_tokens=64"]).max_tokens_limit == 64
+    assert load_config(ServeConfig, overrides=["max_tokens_limit=null"]).max_tokens_limit is None
+    for bad, needle in ((["max_tokens_limit=0"], "max_tokens_limit must be >= 1"),
+                        (["max_tokens_limit=-5"], "max_tokens_limit must be >= 1"),
+                        (["max_tokens_limit=lots"], "max_tokens_limit"),
+                        (["max_tokens_limit=100"], r"default_max_tokens \(512\) exceeds max_tokens_limit \(100\)")):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(ServeConfig, overrides=bad)
 
 
 # ----------------------------------------------------------------------------------- pieces

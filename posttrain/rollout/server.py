@@ -13,7 +13,9 @@ completions, so a streamed response arrives in one burst when its batch finishes
 OpenAI's `chat.completion.chunk` shape, but time-to-first-token equals the full latency.
 
 A request's `seed` gives the same completion whether it runs alone or inside any batch (see
-`batch_seed`).
+`batch_seed`). A `max_tokens` (or `max_completion_tokens`) above the context left after the prompt,
+or above `max_tokens_limit`, is a 400, as in vLLM; without one, `default_max_tokens` is clipped to
+that room.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ class ServeConfig:
     batch_window_ms: float = field(50.0, "a batch keeps collecting while requests arrive less than this apart "
                                           "(at most 10 windows in all)")
     engine_rows: int = field(64, "KV-cache rows: sequences decoded together inside one engine call")
-    default_max_tokens: int = field(512, "completion budget when a request gives no max_tokens")
+    default_max_tokens: int = field(512, "completion budget when a request gives no max_tokens (clipped to "
+                                         "the context left after the prompt)")
+    max_tokens_limit: int | None = field(None, "largest max_tokens / max_completion_tokens a request may ask for "
+                                               "(a 400 above it); null (the default) = no cap besides the context "
+                                               "left after the prompt, which always applies (a 400 above it too)")
     max_n: int = field(16, "largest `n` (samples per request) accepted")
     api_key: str | None = field(None, "if set, requests must send `Authorization: Bearer <api_key>`")
     log_level: str = field("warning", "uvicorn log level")
@@ -69,6 +75,13 @@ class ServeConfig:
             raise ConfigError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
         if self.default_max_tokens < 1:
             raise ConfigError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        if self.max_tokens_limit is not None:
+            if self.max_tokens_limit < 1:
+                raise ConfigError(f"max_tokens_limit must be >= 1 (or null for no cap), got {self.max_tokens_limit}")
+            if self.default_max_tokens > self.max_tokens_limit:
+                # otherwise every request without max_tokens would silently get less than asked
+                raise ConfigError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit "
+                                  f"({self.max_tokens_limit}); lower default_max_tokens too")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
 
@@ -236,7 +249,8 @@ class ChatService:
     """Chat template + tokenization + the batcher: everything the HTTP layer calls."""
 
     def __init__(self, engine, tokenizer, name: str, *, max_batch: int = 32, batch_window_ms: float = 50.0,
-                 default_max_tokens: int = 512, max_n: int = 16, aliases: Sequence[str] = ()):
+                 default_max_tokens: int = 512, max_n: int = 16, aliases: Sequence[str] = (),
+                 max_tokens_limit: int | None = None):
         import torch
 
         self.engine, self.name = engine, name
@@ -244,7 +258,9 @@ class ChatService:
         # can fail ("Already borrowed"), so the HTTP side encodes with its own copy.
         self.tokenizer = copy.deepcopy(tokenizer)
         self.names = {name, *aliases}
-        self.default_max_tokens, self.max_n = default_max_tokens, max_n
+        self.max_n, self.max_tokens_limit = max_n, max_tokens_limit
+        self.default_max_tokens = default_max_tokens if max_tokens_limit is None \
+            else min(default_max_tokens, max_tokens_limit)
         self.context = int(engine.backend.max_positions)
         self.created = int(time.time())
 
@@ -279,7 +295,8 @@ def load_service(cfg: ServeConfig) -> ChatService:
     model = load_model(cfg.model, dtype=dtype, device=device).eval()
     engine = Engine(model, tokenizer, backend=cfg.backend, max_batch_size=cfg.engine_rows)
     return ChatService(engine, tokenizer, cfg.name, max_batch=cfg.max_batch, batch_window_ms=cfg.batch_window_ms,
-                       default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n, aliases=(cfg.model,))
+                       default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n, aliases=(cfg.model,),
+                       max_tokens_limit=cfg.max_tokens_limit)
 
 
 # ----------------------------------------------------------------------------------- HTTP layer
@@ -371,6 +388,30 @@ def sampling_params(req, service: ChatService) -> SamplingParams:
         seed=req.seed,
         logprobs=False,
     )
+
+
+def completion_budget(req, service: ChatService, prompt_tokens: int) -> int:
+    """The request's max_new_tokens; APIError(400) when it asks for more than fits after the prompt
+    (vLLM's rule: the engine would otherwise clip it silently, and a huge value would then decode
+    to the end of the context) or more than the server's max_tokens_limit."""
+    name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    requested = getattr(req, name)
+    room = service.context - prompt_tokens
+    if requested is None:
+        return service.default_max_tokens  # the engine clips a default to `room`
+    limit = service.max_tokens_limit
+    allowed = room if limit is None else min(room, limit)
+    if requested <= allowed:
+        return requested
+    facts = (f"the prompt has {prompt_tokens} tokens and the model's context length is {service.context}, "
+             f"so {room} completion tokens fit")
+    if limit is not None:
+        facts += f"; this server's max_tokens_limit is {limit}"
+    if requested > room:
+        raise APIError(400, f"{name}={requested} is too large: {facts}; at most {allowed} is allowed", name,
+                       code="context_length_exceeded")
+    raise APIError(400, f"{name}={requested} exceeds this server's max_tokens_limit: {facts}; at most {allowed} "
+                        f"is allowed", name, code="invalid_value")
 
 
 def finish_reason(c: Completion) -> str:
@@ -533,6 +574,7 @@ def create_app(service: ChatService, api_key: str | None = None):
         if len(prompt_ids) >= service.context:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                                 f"{service.context}", "messages", code="context_length_exceeded")
+        params = dataclasses.replace(params, max_new_tokens=completion_budget(req, service, len(prompt_ids)))
         try:
             outs = await _result_unless_disconnected(service.submit(prompt_ids, params), request)
         except ValueError as e:
