@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from posttrain.data.decontam import decontaminate, default_eval_sets, load_eval_instances  # noqa: E402
+from posttrain.curation.decontam import decontaminate, default_eval_sets, load_eval_instances  # noqa: E402
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

@@ -50,7 +50,7 @@ def prepare(args, workdir: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(REPO))
     from posttrain.data.preference import load_preferences, tokenize_pair
     from posttrain.models import load_tokenizer
-    from posttrain.recipes.sft import step_indices
+    from posttrain.train.loop import step_indices
 
     tok = load_tokenizer(args.model)
     n = args.steps * args.batch

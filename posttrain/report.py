@@ -1,7 +1,8 @@
 """Run report: `report.md` and `report.html` in a pipeline's run directory.
 
 Reads only what the stages wrote (config.yaml, summary.json, metrics.jsonl, eval summaries, the
-decontamination report), so it can be rebuilt at any time with `posttrain report RUN_DIR`.
+decontamination report), so it can be rebuilt at any time with `posttrain report RUN_DIR`
+(`posttrain.recipes.pipeline.report`, which knows the run directory's layout).
 """
 
 from __future__ import annotations

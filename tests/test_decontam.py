@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.config import load_config
-from posttrain.data.decontam import (
+from posttrain.curation.decontam import (
     UNICODE_WHITESPACE,
     DecontamConfig,
     EvalSet,
@@ -79,7 +79,7 @@ def test_mask_numbers_makes_number_changes_invisible():
 # ------------------------------------------------------------------------------------ semantics
 
 def _index_for(prompts: list[str], n: int = 8):
-    from posttrain.data.decontam import EvalInstance
+    from posttrain.curation.decontam import EvalInstance
 
     insts = [EvalInstance("toy", i, i, p, len(tokenize(p))) for i, p in enumerate(prompts)]
     return build_index(insts, n)
@@ -143,7 +143,7 @@ def test_short_test_instances_match_as_a_whole_sequence(tmp_path):
 
 
 def test_prefilter_keeps_every_true_hit():
-    from posttrain.data.decontam import _build_prefilter, candidate_docs
+    from posttrain.curation.decontam import _build_prefilter, candidate_docs
 
     rng = random.Random(3)
     vocab = [f"v{i}" for i in range(60)]  # small vocabulary: many partial overlaps

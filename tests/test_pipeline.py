@@ -2,11 +2,15 @@
 report is written with the eval table and curves."""
 
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import posttrain.recipes.pipeline as pipeline
 from conftest import REPO, shared
+from posttrain.cli import main as cli_main
 from posttrain.config import load_config
 from posttrain.recipes.pipeline import PipelineConfig, run_pipeline
 from posttrain.report import eval_table
@@ -28,6 +32,112 @@ def test_shipped_recipes_load():
     for name in ("demo.yaml", "tulu3-8b.yaml"):
         cfg = load_config(PipelineConfig, REPO / "recipes" / name)
         assert cfg.sft.config and cfg.dpo.config and cfg.rlvr.config
+
+
+def _fake_stages(monkeypatch, prefs_result=None):
+    """Stand-in stage entries: each records the overrides the pipeline passed it and leaves what
+    the real stage would (filtered data, a final model)."""
+    calls = []
+
+    def stage_config(cfg, stage, extra):
+        calls.append((stage, list(extra)))
+        ov = dict(x.split("=", 1) for x in extra)
+
+        def run(_):
+            if stage == "decontaminate":
+                (Path(ov["out_dir"]) / "filtered").mkdir(parents=True, exist_ok=True)
+                (Path(ov["out_dir"]) / "filtered" / "sft0.jsonl").write_text("{}\n")
+            elif stage == "prefs":
+                return prefs_result
+            else:
+                (Path(ov["run.output_dir"]) / "final").mkdir(parents=True, exist_ok=True)
+                (Path(ov["run.output_dir"]) / "final" / "config.json").write_text("{}")
+            return 0
+
+        return SimpleNamespace(data=SimpleNamespace(paths=["a.jsonl", "b.jsonl"]), train={}), run
+
+    monkeypatch.setattr(pipeline, "_stage_config", stage_config)
+    monkeypatch.setattr(pipeline, "run_evals", lambda cfg, out, models, infos: calls.append(("eval", models)) or {})
+    return calls
+
+
+def test_stage_table_chains_artefacts_and_restores_them_from_done(tmp_path, monkeypatch, capsys):
+    calls = _fake_stages(monkeypatch, prefs_result="prefs/preferences.jsonl")
+    out = tmp_path / "run"
+    cfg = load_config(PipelineConfig, None, [f"output_dir={out}", "prefs.enabled=true"])
+    run_pipeline(cfg)
+    train = {stage: ov for stage, ov in calls if stage in ("sft", "dpo", "rlvr") and ov}
+    assert train["sft"] == ["model.name_or_path=smollm2-135m", "model.chat_template=model",
+                            f"run.output_dir={out / 'sft'}", "run.resume=false",
+                            f"data.paths=[{out / 'decontaminate' / 'filtered' / 'sft0.jsonl'}]"]
+    assert train["dpo"][0] == f"model.name_or_path={out / 'sft' / 'final'}"
+    assert train["dpo"][-1] == "data.paths=[prefs/preferences.jsonl]"
+    assert train["rlvr"][0] == f"model.name_or_path={out / 'dpo' / 'final'}"
+    assert not any(o.startswith("data.") for o in train["rlvr"])
+    assert json.loads((out / "decontaminate" / "DONE.json").read_text())["sft_data"] == \
+        [str(out / "decontaminate" / "filtered" / "sft0.jsonl")]
+    assert json.loads((out / "prefs" / "DONE.json").read_text())["dpo_data"] == ["prefs/preferences.jsonl"]
+    assert json.loads((out / "sft" / "DONE.json").read_text())["model"] == str(out / "sft" / "final")
+    models = {"base": "smollm2-135m", **{s: str(out / s / "final") for s in ("sft", "dpo", "rlvr")}}
+    assert calls[-1] == ("eval", models)
+    assert (out / "report.md").is_file()
+
+    # Again: every stage is skipped, and the finished models still reach evaluation.
+    calls.clear()
+    capsys.readouterr()
+    run_pipeline(cfg)
+    assert [c[0] for c in calls] == ["eval"] and len(calls[0][1]) == 4
+    assert capsys.readouterr().out.count("finished earlier") == 5
+
+    # One stage re-run alone: it starts from the finished DPO model.
+    calls.clear()
+    shutil.rmtree(out / "rlvr")
+    run_pipeline(load_config(PipelineConfig, None, [f"output_dir={out}", "stages=[rlvr]"]))
+    assert calls[0][0] == "rlvr" and calls[0][1][0] == f"model.name_or_path={out / 'dpo' / 'final'}"
+
+
+def test_unselected_stage_hands_on_its_model_but_not_its_data(tmp_path, monkeypatch):
+    calls = _fake_stages(monkeypatch)
+    out = tmp_path / "run"
+    run_pipeline(load_config(PipelineConfig, None, [f"output_dir={out}", "stages=[decontaminate,sft]"]))
+    calls.clear()
+    (out / "sft" / "DONE.json").unlink()
+    run_pipeline(load_config(PipelineConfig, None, [f"output_dir={out}", "stages=[sft,dpo]"]))
+    sft = next(ov for stage, ov in calls if stage == "sft" and ov)
+    assert not any(o.startswith("data.paths") for o in sft)  # decontaminate was not selected
+    assert next(ov for stage, ov in calls if stage == "dpo" and ov)[0] == f"model.name_or_path={out / 'sft' / 'final'}"
+
+
+def test_report_command_rerenders_a_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "decontaminate").mkdir(parents=True)
+    (out / "pipeline.yaml").write_text("name: fake run\nbase_model: tiny-base\n")
+    (out / "decontaminate" / "DONE.json").write_text(json.dumps({"seconds": 3.0, "sft_data": []}))
+    (out / "decontaminate" / "report.md").write_text("| train | gsm8k |\n|---|---|\n| sft0 | 0.0% |\n")
+    sft = out / "sft"
+    sft.mkdir()
+    (sft / "DONE.json").write_text(json.dumps({"seconds": 12.0}))
+    (sft / "config.yaml").write_text("train:\n  max_steps: 2\n")
+    (sft / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 2.0 - i / 10, "lr": 1e-5}) + "\n"
+                                               for i in range(1, 4)))
+    (out / "dpo").mkdir()  # started, never finished
+    (out / "eval").mkdir()
+    (out / "eval" / "table.json").write_text(json.dumps({"base": {"ifeval/acc": 0.25}, "sft": {"ifeval/acc": 0.5}}))
+
+    assert cli_main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert md.startswith("# fake run\n") and "base model: tiny-base" in md
+    assert "| decontaminate | done | 3 |" in md and "| sft | done | 12 |" in md and "| dpo | not finished | – |" in md
+    assert "| ifeval/acc | 25.0 | 50.0 (+25.0) |" in md
+    assert "## Decontamination" in md and "| sft0 | 0.0% |" in md
+    assert "max_steps: 2" in md and (out / "plots" / "sft_curves.png").is_file()
+    assert "<h1>fake run</h1>" in (out / "report.html").read_text()
+
+    assert cli_main(["report", str(out), "title=renamed"]) == 0
+    assert (out / "report.md").read_text().startswith("# renamed\n")
+    capsys.readouterr()
+    assert cli_main(["report", str(tmp_path / "missing")]) == 2
+    assert "pipeline.yaml not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow

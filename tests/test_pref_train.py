@@ -112,7 +112,8 @@ def test_reference_cache_hit_miss_and_changed_key(tmp_path, tiny_model_dir):
 
 
 def test_step_gradient_is_the_mean_over_all_pairs_of_the_step(pairs):
-    from posttrain.recipes.dpo import plan_step, train_step
+    from posttrain.recipes.dpo import STAT_NAMES, preference_micro_batch
+    from posttrain.train.pairs import pair_passes, plan_pairs
 
     loss_fn = bind_preference_loss("dpo", beta=0.5)
     ref = torch.randn(len(pairs), 2, generator=torch.Generator().manual_seed(0)) - 60.0
@@ -120,8 +121,9 @@ def test_step_gradient_is_the_mean_over_all_pairs_of_the_step(pairs):
 
     def grads(budget):
         model = tiny_model().double()
-        groups = plan_step(pairs, idx, budget)
-        train_step(model, pairs, ref.double(), loss_fn, groups, len(groups), len(idx), DistInfo())
+        groups = plan_pairs(pairs, idx, budget)
+        fn = preference_micro_batch(model, pairs, ref.double(), loss_fn, torch.device("cpu"))
+        pair_passes(model, groups, len(groups), len(STAT_NAMES), DistInfo(), fn, n_pairs=len(idx))
         return len(groups), [p.grad.clone() for p in model.parameters()]
 
     biggest = max(p.num_tokens for p in pairs)
@@ -242,7 +244,7 @@ def test_score_matches_the_hf_classification_head(tiny_model_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
     from posttrain.data.preference import encode_conversation
-    from posttrain.recipes.rm import load_reward_model, score
+    from posttrain.reward_model import load_reward_model, score
 
     model = load_reward_model(tiny_model_dir, tokenizer).eval()
     convs = [[U("Hi"), A("Hello there, how can I help?")], [U("2+2?"), A("4")],
@@ -265,7 +267,8 @@ def test_score_matches_the_hf_classification_head(tiny_model_dir, tokenizer):
 def test_rm_run_learns_and_saves_a_sequence_classifier(tiny_model_dir, pref_file, tokenizer, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from posttrain.recipes.rm import RMConfig, main, score
+    from posttrain.recipes.rm import RMConfig, main
+    from posttrain.reward_model import score
 
     out = tmp_path / "rm"
     cfg = load_config(RMConfig, None, [

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import torch
 
-from posttrain.data.llm_client import EndpointConfig
+from posttrain.curation.llm_client import EndpointConfig
+from posttrain.curation.onpolicy import (ASPECTS, JUDGE_RETRY, PrefsConfig, Rated, binarize, parse_ratings,
+                                         prompt_messages, run_prefs)
 from posttrain.data.preference import load_preferences
-from posttrain.data.prefs import (ASPECTS, JUDGE_RETRY, PrefsConfig, Rated, binarize, parse_ratings, prompt_messages,
-                                  run_prefs)
 from posttrain.rollout.server import ServerHandle
 from conftest import REPO, subprocess_env
 

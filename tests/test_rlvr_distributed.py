@@ -38,7 +38,10 @@ def metrics(out):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["checkpoint.every_steps=2"],  # GRPO, KL loss term, a mid-run checkpoint
-    ["algorithm=ppo", "kl.placement=reward", "kl.estimator=k1", "train.epochs=2", "train.num_minibatches=2"],
+    # PPO takes 4 Adam steps per RL step; at lr 2e-2 the two runs' float-order noise grew chaotically
+    # (1.3% apart in q_proj, 0.7% in kl/k3 by step 3, seen 2026-12-03); at 5e-3 they stay 2e-5 apart.
+    ["algorithm=ppo", "kl.placement=reward", "kl.estimator=k1", "train.epochs=2", "train.num_minibatches=2",
+     "optim.lr=5e-3"],
     ["rollout.mode=async"],
 ], ids=["grpo", "ppo", "grpo-async"])
 def test_two_processes_match_one(tiny_model_dir, rows_file, tmp_path, extra):

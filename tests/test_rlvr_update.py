@@ -91,7 +91,7 @@ def test_kl_loss_term_and_several_passes(rollout):
 
 
 def test_value_head_reads_every_response_position_and_learns(rollout, tokenizer, tmp_path):
-    from posttrain.recipes.rm import load_reward_model
+    from posttrain.reward_model import load_reward_model
 
     base, _, samples = rollout
     base.save_pretrained(tmp_path / "m")

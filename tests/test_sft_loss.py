@@ -34,7 +34,7 @@ DOC_B = ([0, 1], [X, 1])  # 1 trainable target: 0->1
 
 def grads(batches, normalizer):
     model = TableLM()
-    nll = accumulate_gradients(model, batches, len(batches), 1.0 / normalizer, "cpu")
+    nll = accumulate_gradients(model, batches, len(batches), 1.0 / normalizer)
     return nll, model.table.grad
 
 

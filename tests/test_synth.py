@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from posttrain.config import load_config
-from posttrain.data.llm_client import EndpointConfig, derive_seed
-from posttrain.data.synth import (CONSTRAINT_TYPES, Constraint, SynthConfig, clean_generated_prompt,
-                                  constrained_prompt, dedup, pick_constraints, rlvr_row, run_synth)
+from posttrain.curation.llm_client import EndpointConfig, derive_seed
+from posttrain.curation.synth import (CONSTRAINT_TYPES, Constraint, SynthConfig, clean_generated_prompt,
+                                      constrained_prompt, dedup, pick_constraints, rlvr_row, run_synth)
 from posttrain.tasks.rewards import verifiable_reward, verify
 from posttrain.tasks.rlvr_constraints import parse_constraint
 from conftest import REPO

@@ -27,8 +27,8 @@ from typing import Any
 
 from posttrain.config import ConfigError, dump_config, field
 from posttrain.data.io import DataError, read_records, write_json_atomic, write_jsonl_atomic
-from posttrain.data.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMCallError, LLMClient,
-                                       ResponseCache, derive_seed, open_endpoints, run_tasks)
+from posttrain.curation.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMCallError, LLMClient,
+                                           ResponseCache, derive_seed, open_endpoints, run_tasks)
 
 ASPECTS = ("helpfulness", "instruction_following", "honesty", "truthfulness")
 

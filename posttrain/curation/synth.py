@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from posttrain.config import ConfigError, dump_config, field
 from posttrain.data.io import DataError, read_records, write_json_atomic, write_jsonl_atomic
-from posttrain.data.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMClient, ResponseCache,
-                                       derive_seed, open_endpoints, run_calls)
+from posttrain.curation.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMClient, ResponseCache,
+                                           derive_seed, open_endpoints, run_calls)
 
 # ----------------------------------------------------------------------------------- skills
 
@@ -275,7 +275,7 @@ def normalize_text(text: str) -> str:
 
 
 def shingles(text: str, n: int) -> frozenset:
-    from posttrain.data.decontam import tokenize
+    from posttrain.curation.decontam import tokenize
 
     toks = tokenize(text)
     if len(toks) < n:

@@ -4,11 +4,11 @@ common variants, validation with a clear error policy, and tokenization with ass
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Literal
 
-from posttrain.data.io import DataError, read_records
+# LoadStats and OnError are imported from here by the recipes; they live with the row loader.
+from posttrain.data.io import DataError, LoadStats, OnError, load_rows  # noqa: F401
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100
@@ -107,46 +107,10 @@ def validate_messages(messages, require_assistant: bool = True) -> list[dict]:
 
 # ---------------------------------------------------------------- loading with an error policy
 
-@dataclass
-class LoadStats:
-    """What happened to each row: kept, or dropped with a reason (never silently)."""
-    read: int = 0
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)  # first few drop messages, for the log
-
-    def drop(self, reason: str, message: str) -> None:
-        self.dropped[reason] += 1
-        if len(self.examples) < 5:
-            self.examples.append(message)
-
-    def summary(self) -> str:
-        parts = [f"read {self.read}", f"kept {self.kept}"]
-        parts += [f"dropped {n} ({r})" for r, n in sorted(self.dropped.items())]
-        return ", ".join(parts)
-
-
-OnError = Literal["raise", "skip"]
-
-
 def load_conversations(source: str, fmt: str = "auto", on_error: OnError = "raise",
                        stats: LoadStats | None = None, limit: int | None = None) -> list[list[dict]]:
     """Read conversations from a file/dataset, converting and validating each row."""
-    stats = stats if stats is not None else LoadStats()
-    out = []
-    for lineno, rec in read_records(source):
-        if limit is not None and len(out) >= limit:
-            break
-        stats.read += 1
-        try:
-            out.append(validate_messages(to_messages(rec, fmt)))
-            stats.kept += 1
-        except DataError as e:
-            msg = f"{source}:{lineno}: {e}"
-            if on_error == "raise":
-                raise DataError(msg + "  (set data.on_error=skip to drop such rows and count them)") from None
-            stats.drop(str(e).split(":")[0][:60], msg)
-    return out
+    return load_rows(source, lambda rec, where: validate_messages(to_messages(rec, fmt)), on_error, stats, limit)
 
 
 # ---------------------------------------------------------------- tokenization with masks
@@ -228,10 +192,10 @@ def tokenize_dataset(tokenizer, conversations: Iterable[list[dict]], max_length:
             msg = f"{source}: conversation {i + 1}: {e}"
             if on_error == "raise" and too_long == "raise":
                 raise DataError(msg) from None
-            stats.drop("too long" if "max_length" in str(e) else "no trainable tokens", msg)
+            stats.drop("too long" if "max_length" in str(e) else "no trainable tokens", msg, source)
             continue
         if ex is None:
-            stats.drop("too long", f"{source}: conversation {i + 1}: longer than max_length={max_length}")
+            stats.drop("too long", f"{source}: conversation {i + 1}: longer than max_length={max_length}", source)
             continue
         out.append(ex)
     return out

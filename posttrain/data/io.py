@@ -1,12 +1,21 @@
-"""Reading and writing record files (JSONL, JSON arrays, parquet, HF datasets) with row numbers."""
+"""Reading and writing record files (JSONL, JSON arrays, parquet, HF datasets) with row numbers,
+and the one row loader every training-data format uses (limit, error policy, per-file counts)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Literal, TypeVar
+
+T = TypeVar("T")
+OnError = Literal["raise", "skip"]
+SKIP_HINT = "  (set data.on_error=skip to drop such rows and count them)"
+_BOM = b"\xef\xbb\xbf"
 
 
 class DataError(ValueError):
@@ -39,8 +48,16 @@ def read_records(source: str | os.PathLike, split: str = "train") -> Iterator[tu
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
+    # utf-8-sig: editors on Windows write a byte-order mark that json.loads refuses. Undecodable
+    # bytes are let through as surrogates and reported at their line, so the rows before a bad
+    # byte are read in order and the error can name the line; newline="" keeps each line's bytes
+    # intact for the byte offset while splitting lines exactly as the default text mode does.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         for lineno, line in enumerate(fh, 1):
+            if not line.isascii() and _SURROGATE.search(line):
+                raise _utf8_error(path, lineno, line)
+            if line.startswith("\ufeff"):  # files joined with `cat` keep each one's mark
+                line = line[1:]
             if not line.strip():
                 continue
             try:
@@ -52,9 +69,41 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, rec
 
 
-def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _utf8_error(path: Path, lineno: int, line: str) -> DataError:
+    """Where the first undecodable byte of `line` is: line, column and byte offset in the file."""
+    raw = line.encode("utf-8", "surrogateescape")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw.decode("utf-8")
+        start, reason = 0, "invalid byte"  # not reached: the line held an undecodable byte
+    except UnicodeDecodeError as e:
+        start, reason = e.start, e.reason
+    with open(path, "rb") as fh:
+        offset = start + (len(_BOM) if fh.read(len(_BOM)) == _BOM else 0)
+    # The byte count of the lines before, read as _read_jsonl reads them; only on this error path.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        for _, before in zip(range(lineno - 1), fh):
+            offset += len(before.encode("utf-8", "surrogateescape"))
+    column = len(raw[:start].decode("utf-8", "replace")) + 1
+    return DataError(f"{path}:{lineno}: invalid UTF-8: byte 0x{raw[start]:02x} at column {column} "
+                     f"(byte offset {offset} in the file): {reason}; the file must be UTF-8 "
+                     f"(re-encode it, e.g. iconv -f latin1 -t utf-8)")
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
+    raw = path.read_bytes()
+    skipped = len(_BOM) if raw.startswith(_BOM) else 0  # a byte-order mark is not content
+    try:
+        text = raw[skipped:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw[:skipped + e.start].count(b"\n") + 1  # counted as json counts its `lineno`
+        raise DataError(f"{path}:{lineno}: invalid UTF-8: byte 0x{raw[skipped + e.start]:02x} "
+                        f"(byte offset {skipped + e.start} in the file): {e.reason}; the file must be UTF-8 "
+                        f"(re-encode it, e.g. iconv -f latin1 -t utf-8)") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(data, list):
@@ -89,6 +138,137 @@ def _read_hf(name: str, split: str, local: bool) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{name}: cannot load dataset (split {split!r}): {e}") from None
     for i, rec in enumerate(ds, 1):
         yield i, dict(rec)
+
+
+# ---------------------------------------------------------------- the row loader
+
+@dataclass
+class FileStats:
+    """One source's counts; `kept` is what is left of it after every stage that drops rows."""
+    source: str
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        if not self.read:
+            return f"{self.source}: no rows (empty file?)"
+        return f"{self.source}: {_counts(self.read, self.kept, self.dropped)}"
+
+
+@dataclass
+class LoadStats:
+    """What happened to each row: kept, or dropped with a reason (never silently), in total and
+    per source file."""
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)  # first few drop messages, for the log
+    files: list[FileStats] = field(default_factory=list)
+
+    def begin(self, source: str | os.PathLike) -> FileStats:
+        self.files.append(FileStats(str(source)))
+        return self.files[-1]
+
+    def drop(self, reason: str, message: str, source: str | os.PathLike | None = None) -> None:
+        """Drop a row that had been kept (by a later stage: tokenization, a length limit)."""
+        self._count_drop(reason, message, source)
+        # A LoadStats that did not see the rows loaded (tokenize_dataset on its own) has nothing
+        # to take back.
+        self.kept = max(self.kept - 1, 0)
+        fs = self._file(source)
+        if fs is not None:
+            fs.kept = max(fs.kept - 1, 0)
+
+    def _count_drop(self, reason: str, message: str, source=None) -> None:
+        self.dropped[reason] += 1
+        fs = self._file(source)
+        if fs is not None:
+            fs.dropped[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(message)
+
+    def _file(self, source) -> FileStats | None:
+        # The named source, else the one being loaded: recipes load and tokenize file by file.
+        if source is not None:
+            for fs in reversed(self.files):
+                if fs.source == str(source):
+                    return fs
+        return self.files[-1] if self.files else None
+
+    def summary(self) -> str:
+        return _counts(self.read, self.kept, self.dropped)
+
+    def by_file(self) -> str:
+        """Every source's counts on one line, for errors."""
+        return "; ".join(fs.summary() for fs in self.files)
+
+    def report(self, log: Callable[[str], None], headline: str, kept: int | None = None, what: str = "") -> None:
+        """Log the headline, per-file counts and the first dropped rows; with `kept` == 0, stop
+        with an error that gives every file's counts (`what`: "training examples", "prompts", ...)."""
+        log(f"[data] {headline}")
+        self.log_files(log)
+        for msg in self.examples:
+            log(f"[data] dropped: {msg}")
+        if kept == 0:
+            raise DataError(f"no {what} left after loading and filtering ({self.by_file()})")
+
+    def log_files(self, log: Callable[[str], None], tag: str = "[data]") -> None:
+        """Per-file counts when there are several files, and a warning for each empty one: an
+        empty file among others is most likely a wrong path or a failed export."""
+        if len(self.files) > 1:
+            for fs in self.files:
+                log(f"{tag}   {fs.summary()}")
+        for fs in self.files:
+            if not fs.read:
+                log(f"{tag} warning: {fs.source} has no rows (empty file?)")
+
+
+def _counts(read: int, kept: int, dropped: Counter) -> str:
+    parts = [f"read {read}", f"kept {kept}"]
+    parts += [f"dropped {n} ({r})" for r, n in sorted(dropped.items())]
+    return ", ".join(parts)
+
+
+def first_clause(detail: str) -> str:
+    """A drop reason from an error message: its text up to the first colon."""
+    return detail.split(":")[0][:60]
+
+
+def load_rows(source: str | os.PathLike, convert: Callable[[dict, str], T], on_error: OnError = "raise",
+              stats: LoadStats | None = None, limit: int | None = None,
+              reason: Callable[[str], str] = first_clause) -> list[T]:
+    """`convert(record, "file:line")` over the records of one source, in order.
+
+    A DataError from `convert` stops the load with a message naming file:line (with
+    on_error='raise'), or drops the row and counts it under `reason(message)`. `limit` caps the
+    rows kept. Errors in the file itself (bad JSON or UTF-8) stop the load either way: the rest
+    of the file cannot be trusted to be rows.
+    """
+    stats = stats if stats is not None else LoadStats()
+    fs = stats.begin(source)
+    out: list[T] = []
+    for lineno, rec in read_records(source):
+        if limit is not None and len(out) >= limit:
+            break
+        where = f"{source}:{lineno}"
+        stats.read += 1
+        fs.read += 1
+        try:
+            item = convert(rec, where)
+        except DataError as e:
+            detail = str(e)
+            if detail.startswith(where + ": "):  # converters that name the row themselves
+                detail = detail[len(where) + 2:]
+            msg = f"{where}: {detail}"
+            if on_error == "raise":
+                raise DataError(msg + SKIP_HINT) from None
+            stats._count_drop(reason(detail), msg, source)
+            continue
+        out.append(item)
+        stats.kept += 1
+        fs.kept += 1
+    return out
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:

@@ -23,7 +23,7 @@ import torch
 from posttrain.config import field as cfg_field
 from posttrain.data.chat import (IGNORE_INDEX, LoadStats, OnError, TokenizedExample, assistant_char_spans,
                                  validate_messages)
-from posttrain.data.io import DataError, read_records
+from posttrain.data.io import DataError, load_rows
 from posttrain.data.packing import PackedBatch, pack
 
 TooLong = Literal["raise", "skip", "truncate"]
@@ -169,23 +169,8 @@ def load_preferences(source: str, fmt: str = "auto", on_error: OnError = "raise"
                      limit: int | None = None) -> list[PreferencePair]:
     """Read, convert and validate preference rows; a bad row raises naming file:line, or with
     on_error='skip' is dropped and counted in `stats`."""
-    stats = stats if stats is not None else LoadStats()
-    out = []
-    for lineno, rec in read_records(source):
-        if limit is not None and len(out) >= limit:
-            break
-        stats.read += 1
-        try:
-            pair = to_pair(rec, fmt)
-        except DataError as e:
-            msg = f"{source}:{lineno}: {e}"
-            if on_error == "raise":
-                raise DataError(msg + "  (set data.on_error=skip to drop such rows and count them)") from None
-            stats.drop(str(e).split(":")[0][:60], msg)
-            continue
-        out.append(PreferencePair(pair.prompt, pair.chosen, pair.rejected, origin=f"{source}:{lineno}"))
-        stats.kept += 1
-    return out
+    return load_rows(source, lambda rec, where: dataclasses.replace(to_pair(rec, fmt), origin=where),
+                     on_error, stats, limit)
 
 
 # ---------------------------------------------------------------- tokenization
@@ -259,13 +244,17 @@ def tokenize_pairs(tokenizer, pairs: Iterable[PreferencePair], max_length: int, 
             if (too and too_long == "raise") or (not too and on_error == "raise"):
                 hint = "data.too_long=skip or truncate" if too else "data.on_error=skip"
                 raise DataError(f"{where}: {e}  (set {hint} to drop such pairs and count them)") from None
-            stats.drop("too long" if too else "no response tokens", f"{where}: {e}")
+            stats.drop("too long" if too else "no response tokens", f"{where}: {e}", _source(pair))
             continue
         if tp is None:
-            stats.drop("too long", f"{where}: longer than max_length={max_length}")
+            stats.drop("too long", f"{where}: longer than max_length={max_length}", _source(pair))
             continue
         out.append(tp)
     return out
+
+
+def _source(pair: PreferencePair) -> str | None:
+    return pair.origin.rsplit(":", 1)[0] if pair.origin else None
 
 
 def split_heldout(items: Sequence, n: int, seed: int) -> tuple[list, list]:
@@ -343,21 +332,18 @@ class PreferenceData:
 def build_preference_splits(cfg: PreferenceData, tokenizer, seed: int,
                             log: Callable[[str], None] = print) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """(train pairs, eval pairs), tokenized; every drop is counted and the first few are logged."""
-    def load(paths: list[str], name: str) -> list[TokenizedPair]:
+    def load(paths: list[str], name: str) -> tuple[list[TokenizedPair], LoadStats]:
         stats, pairs = LoadStats(), []
         for path in paths:
             rows = load_preferences(path, cfg.format, cfg.on_error, stats, cfg.limit)
             pairs += tokenize_pairs(tokenizer, rows, cfg.max_length, cfg.too_long, cfg.on_error, stats)
-        log(f"[data] {name}: {stats.summary()}; {len(pairs)} pairs after tokenization")
-        for msg in stats.examples:
-            log(f"[data] dropped: {msg}")
-        return pairs
+        stats.report(log, f"{name}: {stats.summary()}; {len(pairs)} pairs after tokenization",
+                     len(pairs) if name == "train" else None, "training pairs")
+        return pairs, stats
 
-    train = load(cfg.paths, "train")
-    if not train:
-        raise ValueError("no training pairs left after loading and filtering")
+    train, stats = load(cfg.paths, "train")
     train, held = split_heldout(train, cfg.eval_size, seed)
-    evals = held + (load(cfg.eval_paths, "eval") if cfg.eval_paths else [])
+    evals = held + (load(cfg.eval_paths, "eval")[0] if cfg.eval_paths else [])
     if held:
         log(f"[data] held out {len(held)} training pairs for evaluation")
     return train, evals

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from posttrain.data.chat import LoadStats, validate_messages
-from posttrain.data.io import DataError, read_records, write_jsonl_atomic
+from posttrain.data.io import DataError, load_rows, read_records, write_jsonl_atomic
 
 GSM8K_INSTRUCTION = "Solve the problem step by step and give the final answer as a number."
 
@@ -75,13 +75,13 @@ def from_rlvr_record(rec: dict, where: str) -> RLVRRow:
 
 
 def from_gsm8k_record(rec: dict, where: str, instruction: str = GSM8K_INSTRUCTION) -> RLVRRow:
-    from posttrain.tasks.gsm8k import gold_answer
+    from posttrain.tasks.gsm8k import reward_label
 
     question, answer = rec.get("question"), rec.get("answer")
     if not isinstance(question, str) or not isinstance(answer, str) or "####" not in answer:
         raise DataError(f"{where}: a GSM8K row needs string fields 'question' and 'answer' (with '#### <answer>')")
     content = f"{question.strip()}\n{instruction}" if instruction else question.strip()
-    return RLVRRow([{"role": "user", "content": content}], gold_answer(answer), "gsm8k", where)
+    return RLVRRow([{"role": "user", "content": content}], reward_label(answer), "gsm8k", where)
 
 
 def from_ifeval_record(rec: dict, where: str) -> RLVRRow:
@@ -92,42 +92,50 @@ def from_ifeval_record(rec: dict, where: str) -> RLVRRow:
     return RLVRRow([{"role": "user", "content": prompt}], truth, "ifeval", where)
 
 
+# The fields a row's ground truth came from, per input format, for error messages.
+_TRUTH_FIELDS = {"rlvr": "field 'ground_truth'", "gsm8k": "field 'answer'",
+                 "ifeval": "fields 'instruction_id_list' and 'kwargs'"}
+
+
 def row_from_record(rec: dict, where: str, gsm8k_instruction: str = GSM8K_INSTRUCTION) -> RLVRRow:
-    """Detect the format from the fields: RLVR, GSM8K (question/answer) or IFEval."""
+    """Detect the format from the fields: RLVR, GSM8K (question/answer) or IFEval. The ground
+    truth is checked against its verifier here, so that a row the reward cannot grade stops the
+    load (or is skipped and counted) instead of failing, or scoring 0, mid-run."""
     if "messages" in rec or "ground_truth" in rec:
-        return from_rlvr_record(rec, where)
-    if "question" in rec and "answer" in rec:
-        return from_gsm8k_record(rec, where, gsm8k_instruction)
-    if "instruction_id_list" in rec:
-        return from_ifeval_record(rec, where)
-    raise DataError(f"{where}: not an RLVR row: expected 'messages' + 'ground_truth' + 'dataset' "
-                    f"(or GSM8K 'question'/'answer', or IFEval 'prompt'/'instruction_id_list'); "
-                    f"fields present: {sorted(rec)}")
+        row, fmt = from_rlvr_record(rec, where), "rlvr"
+    elif "question" in rec and "answer" in rec:
+        row, fmt = from_gsm8k_record(rec, where, gsm8k_instruction), "gsm8k"
+    elif "instruction_id_list" in rec:
+        row, fmt = from_ifeval_record(rec, where), "ifeval"
+    else:
+        raise DataError(f"{where}: not an RLVR row: expected 'messages' + 'ground_truth' + 'dataset' "
+                        f"(or GSM8K 'question'/'answer', or IFEval 'prompt'/'instruction_id_list'); "
+                        f"fields present: {sorted(rec)}")
+    from posttrain.tasks.rewards import validate_ground_truth
+
+    try:
+        validate_ground_truth(row.dataset, row.ground_truth)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{where}: {_TRUTH_FIELDS[fmt]} for {e}") from None
+    return row
+
+
+def _drop_reason(detail: str) -> str:
+    # Ground-truth errors are counted per field and dataset, not per value.
+    return detail.split(":")[0] if detail.startswith(tuple(_TRUTH_FIELDS.values())) else detail[:60]
 
 
 def load_rlvr_rows(source: str, limit: int | None = None, on_error: Literal["raise", "skip"] = "raise",
                    stats: LoadStats | None = None, gsm8k_instruction: str = GSM8K_INSTRUCTION) -> list[RLVRRow]:
     """Rows of one file (any format `row_from_record` knows), with a clear error per bad row."""
-    stats = stats if stats is not None else LoadStats()
-    out = []
-    for lineno, rec in read_records(source):
-        if limit is not None and len(out) >= limit:
-            break
-        stats.read += 1
-        try:
-            out.append(row_from_record(rec, f"{source}:{lineno}", gsm8k_instruction))
-            stats.kept += 1
-        except DataError as e:
-            if on_error == "raise":
-                raise DataError(f"{e}  (set data.on_error=skip to drop such rows and count them)") from None
-            stats.drop(str(e).split(": ", 1)[-1][:60], str(e))
-    return out
+    return load_rows(source, lambda rec, where: row_from_record(rec, where, gsm8k_instruction), on_error, stats,
+                     limit, reason=_drop_reason)
 
 
 # ---------------------------------------------------------------- held out from eval prompts
 
 def word_ngrams(text: str, n: int = 8) -> set[tuple[bytes, ...]]:
-    from posttrain.data.decontam import tokenize
+    from posttrain.curation.decontam import tokenize
 
     toks = tokenize(text)
     return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}

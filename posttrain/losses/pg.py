@@ -157,3 +157,16 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = 
         d = d.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
         return torch.expm1(-d) + d
     raise ValueError(f"kl_penalty: unknown estimator {estimator!r}; choose 'k1', 'k2' or 'k3'")
+
+
+def kl_regularized_loss(per_token_loss: Tensor, logprobs: Tensor, ref_logprobs: Tensor | None, beta: float,
+                        estimator: KLEstimator = "k3") -> Tensor:
+    """Per-token policy loss plus GRPO's KL loss term, L + β·KL(πθ ‖ π_ref) (k1/k2/k3 estimate).
+
+    β = 0 returns the loss unchanged and needs no reference; PPO puts the KL in the reward
+    instead (`rl.advantages.ppo_token_rewards`) and calls this with β = 0."""
+    if not beta:
+        return per_token_loss
+    if ref_logprobs is None:
+        raise ValueError("kl_regularized_loss: beta > 0 needs reference log-probs")
+    return per_token_loss + beta * kl_penalty(logprobs, ref_logprobs, estimator)

@@ -13,33 +13,27 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from posttrain.config import field
-from posttrain.data.packing import plan_micro_batches
 from posttrain.data.preference import (PreferenceData, TokenizedPair, build_preference_splits, fingerprint_pairs,
                                        pack_pairs)
 from posttrain.losses.dpo import LOSSES, REFERENCE_FREE, PreferenceLossFn, bind_preference_loss
 from posttrain.models import cache_dir, load_tokenizer, resolve_model_path
-from posttrain.recipes.sft import step_indices
-from posttrain.train import checkpoint as ckpt
-from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, RunConfig, config_text,
-                                    load_for_training, peak_rss_mb, prepare_run_dir, resolve_dtype,
-                                    seed_everything, write_summary)
-from posttrain.train.dist import DistInfo, all_reduce_max, cleanup, init_distributed, print0
-from posttrain.train.metrics import MetricsLogger
-from posttrain.train.optim import build_optimizer, build_scheduler
-from posttrain.train.parallel import (load_optimizer_state, model_state_dict, optimizer_state_dict, parallelize,
-                                      sync_grads_context)
-from posttrain.train.refcache import (cache_key, compute_pair_logps, model_fingerprint, pair_logps, reference_logps,
-                                      reshard)
+from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, PairStepsConfig, RunConfig,
+                                    load_for_training)
+from posttrain.train.dist import DistInfo, all_reduce_max
+from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, eval_every, finish, fmt, log_to,
+                                  metrics_logger, open_run_dir, restore, resume_point, save_every, start_run,
+                                  step_indices, train_loop)
+from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs
+from posttrain.train.parallel import parallelize
+from posttrain.train.refcache import cache_key, compute_pair_logps, model_fingerprint, pair_logps, reference_logps
 
 
 @dataclasses.dataclass
@@ -70,17 +64,8 @@ class RefConfig:
 
 
 @dataclasses.dataclass
-class DPOTrain:
-    epochs: int = field(1, "passes over the data")
-    max_steps: int | None = field(None, "stop after this many optimizer steps (overrides epochs)")
+class DPOTrain(PairStepsConfig):
     batch_size: int = field(128, "pairs per optimizer step (across all ranks): the effective batch")
-    micro_batch_tokens: int = field(4096, "token budget of one packed micro-batch (per rank; both sides of a pair)")
-    eval_every_steps: int = field(0, "evaluate on the held-out pairs every N steps (0: only at the end)")
-    eval_at_start: bool = field(False, "also evaluate before the first step")
-
-    def validate(self):
-        if self.batch_size < 1 or self.micro_batch_tokens < 1:
-            raise ValueError("train.batch_size and train.micro_batch_tokens must be >= 1")
 
 
 @dataclasses.dataclass
@@ -108,9 +93,10 @@ def pair_stats(loss_out, logps: Tensor, lengths: Tensor) -> Tensor:
 
 
 def finish_stats(sums: Tensor, n_pairs: int, info: DistInfo, prefix: str = "") -> dict[str, float]:
-    if info.distributed:
-        dist.all_reduce(sums)
-    means = {prefix + k: v / max(n_pairs, 1) for k, v in zip(STAT_NAMES, sums.tolist())}
+    return with_margin(mean_stats(sums, STAT_NAMES, n_pairs, info, prefix), prefix)
+
+
+def with_margin(means: dict[str, float], prefix: str = "") -> dict[str, float]:
     means[prefix + "margin"] = means[prefix + "rewards/chosen"] - means[prefix + "rewards/rejected"]
     return means
 
@@ -122,54 +108,20 @@ def loss_on(loss_fn: PreferenceLossFn, logps: Tensor, lengths: Tensor, ref: Tens
                    chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1])
 
 
-def plan_step(pairs: Sequence[TokenizedPair], indices: list[int], micro_batch_tokens: int) -> list[list[int]]:
-    """Pair indices of each micro-batch (order kept, both sides of a pair in one row)."""
-    plan = plan_micro_batches([pairs[i].num_tokens for i in indices], micro_batch_tokens)
-    return [[indices[j] for j in group] for group in plan]
+def preference_micro_batch(model, pairs: Sequence[TokenizedPair], ref: Tensor | None, loss_fn: PreferenceLossFn,
+                           device):
+    """The per-micro-batch function of `posttrain.train.pairs`: packed pair log-probs, then the loss."""
+    def fn(idx: list[int]) -> tuple[Tensor, Tensor]:
+        logps, lengths = pair_logps(model, pack_pairs([pairs[i] for i in idx]).to(device))
+        out = loss_on(loss_fn, logps, lengths, None if ref is None else ref[idx].to(device))
+        return out.losses.sum(), pair_stats(out, logps, lengths)
+    return fn
 
 
-def train_step(model, pairs, ref: Tensor | None, loss_fn, groups: list[list[int]], n_micro: int,
-               n_pairs: int, info: DistInfo) -> Tensor:
-    """Forward/backward every micro-batch of one optimizer step; returns the local stat sums.
-
-    Each micro-batch backpropagates sum(per-pair loss) * world_size / n_pairs (n_pairs counted
-    over all ranks): data-parallel averaging then leaves the gradient of the global pair mean.
-    """
-    scale = info.world_size / max(n_pairs, 1)
-    sums = torch.zeros(len(STAT_NAMES), dtype=torch.float64)
-    for m in range(n_micro):
-        with sync_grads_context(model, last=(m == n_micro - 1)):
-            if m >= len(groups):  # padding pass: ranks with fewer micro-batches still join collectives
-                out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=info.device), use_cache=False)
-                (out.logits.sum() * 0.0).backward()
-                continue
-            idx = groups[m]
-            logps, lengths = pair_logps(model, pack_pairs([pairs[i] for i in idx]).to(info.device))
-            out = loss_on(loss_fn, logps, lengths, None if ref is None else ref[idx].to(info.device))
-            (out.losses.sum() * scale).backward()
-            sums += pair_stats(out, logps, lengths)
-    return sums
-
-
-@torch.no_grad()
 def evaluate(model, pairs, ref: Tensor | None, loss_fn, micro_batch_tokens: int, info: DistInfo) -> dict[str, float]:
     """Held-out loss, implicit-reward accuracy and margins, averaged over all pairs."""
-    was_training = model.training
-    model.eval()
-    groups = plan_step(pairs, list(range(info.rank, len(pairs), info.world_size)), micro_batch_tokens)
-    n_micro = int(all_reduce_max(len(groups), info))
-    sums = torch.zeros(len(STAT_NAMES), dtype=torch.float64)
-    for m in range(n_micro):
-        if m >= len(groups):
-            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=info.device), use_cache=False)
-            continue
-        idx = groups[m]
-        logps, lengths = pair_logps(model, pack_pairs([pairs[i] for i in idx]).to(info.device))
-        sums += pair_stats(loss_on(loss_fn, logps, lengths, None if ref is None else ref[idx].to(info.device)),
-                           logps, lengths)
-    reshard(model)
-    model.train(was_training)
-    return finish_stats(sums, len(pairs), info, prefix="eval/")
+    fn = preference_micro_batch(model, pairs, ref, loss_fn, info.device)
+    return with_margin(evaluate_pairs(model, pairs, micro_batch_tokens, STAT_NAMES, info, fn), "eval/")
 
 
 def reference_for_run(cfg: DPOConfig, policy, pairs: list[TokenizedPair], info: DistInfo, dtype: torch.dtype,
@@ -206,117 +158,62 @@ def reference_for_run(cfg: DPOConfig, policy, pairs: list[TokenizedPair], info: 
 
 
 def main(cfg: DPOConfig) -> Path:
-    info = init_distributed(cfg.run.device)
-    log = lambda msg: print0(msg, info=info)  # noqa: E731
-    run_dir = prepare_run_dir(cfg, cfg.run, info, "dpo")
-    seed_everything(cfg.run.seed)
-    dtype = resolve_dtype(cfg.model.dtype, info.device)
+    run = start_run(cfg, "dpo")
+    info = run.info
     loss_fn = cfg.loss.build()
-
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)
-    train_pairs, eval_pairs = build_preference_splits(cfg.data, tokenizer, cfg.run.seed, log)
-    steps_per_epoch = math.ceil(len(train_pairs) / cfg.train.batch_size)
-    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    train_pairs, eval_pairs = build_preference_splits(cfg.data, tokenizer, cfg.run.seed, run.log)
+    steps_per_epoch, total_steps = cfg.train.steps(len(train_pairs))
 
-    resume_from = ckpt.latest_checkpoint(run_dir) if cfg.run.resume else None
-    model = load_for_training(cfg.model, info, dtype, init_from=str(resume_from) if resume_from else None)
+    open_run_dir(run, cfg)
+    resume_from = resume_point(run, cfg)
+    model = load_for_training(cfg.model, info, run.dtype, init_from=str(resume_from) if resume_from else None)
     model = parallelize(model, info)
-
     ref_train = ref_eval = None
     ref_info: dict = {"ref_cache_hit": None}
     if cfg.loss.name not in REFERENCE_FREE:
-        ref_all, ref_info = reference_for_run(cfg, model, train_pairs + eval_pairs, info, dtype,
-                                              resumed=resume_from is not None, log=log)
+        ref_all, ref_info = reference_for_run(cfg, model, train_pairs + eval_pairs, info, run.dtype,
+                                              resumed=resume_from is not None, log=run.log)
         ref_train, ref_eval = ref_all[:len(train_pairs)], ref_all[len(train_pairs):]
+    parts = [Trainable("policy", model, *build_optimization(model, cfg.optim, total_steps))]
+    optimizer, scheduler = parts[0].optimizer, parts[0].scheduler
+    start_step = restore(run, resume_from, parts, total_steps)
 
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, (cfg.optim.beta1, cfg.optim.beta2),
-                                cfg.optim.eps)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, total_steps, cfg.optim.warmup_ratio,
-                                cfg.optim.min_lr_ratio)
-    start_step = 0
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
-        load_optimizer_state(model, optimizer, state["optimizer"], info)
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start_step = state["step"]
-        log(f"[resume] from {resume_from} at step {start_step}/{total_steps}")
-    elif cfg.run.resume:
-        log(f"[resume] no checkpoint in {run_dir}; starting from scratch")
-
-    def run_eval() -> dict[str, float]:
-        if not eval_pairs:
-            return {}
-        return evaluate(model, eval_pairs, ref_eval, loss_fn, cfg.train.micro_batch_tokens, info)
-
-    summary: dict = {"stage": "dpo", "loss": cfg.loss.name, "train_pairs": len(train_pairs),
-                     "eval_pairs": len(eval_pairs), **ref_info}
-    if cfg.train.eval_at_start and start_step == 0 and eval_pairs:
-        summary["eval_start"] = run_eval()
-        log(f"[eval] before training: {_fmt(summary['eval_start'])}")
-
-    logger = MetricsLogger(run_dir, total_steps, start_step, enabled=info.is_main, tensorboard=cfg.run.tensorboard,
-                           desc="dpo", progress=cfg.run.progress)
-    t_start = time.time()
     last_eval: dict[str, float] = {}
-    model.train()
-    for step in range(start_step, total_steps):
+
+    def run_eval() -> Row:
+        last_eval.update(evaluate(model, eval_pairs, ref_eval, loss_fn, cfg.train.micro_batch_tokens, info))
+        return last_eval
+
+    summary: dict = {"loss": cfg.loss.name, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), **ref_info}
+    if cfg.train.eval_at_start and start_step == 0 and eval_pairs:
+        summary["eval_start"] = evaluate(model, eval_pairs, ref_eval, loss_fn, cfg.train.micro_batch_tokens, info)
+        run.log(f"[eval] before training: {fmt(summary['eval_start'])}")
+    t_start = time.time()
+    train_fn = preference_micro_batch(model, train_pairs, ref_train, loss_fn, info.device)
+
+    def step_fn(step: int) -> Row:
         t0 = time.perf_counter()
         idx = step_indices(len(train_pairs), cfg.train.batch_size, step, steps_per_epoch, cfg.run.seed)
-        groups = plan_step(train_pairs, idx[info.rank::info.world_size], cfg.train.micro_batch_tokens)
+        groups = plan_pairs(train_pairs, idx[info.rank::info.world_size], cfg.train.micro_batch_tokens)
         # Every rank must run the same number of forward/backward passes under FSDP.
         n_micro = int(all_reduce_max(len(groups), info))
         n_tokens = sum(train_pairs[i].num_tokens for i in idx)
-        sums = train_step(model, train_pairs, ref_train, loss_fn, groups, n_micro, len(idx), info)
-        if cfg.optim.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        sums = pair_passes(model, groups, n_micro, len(STAT_NAMES), info, train_fn, n_pairs=len(idx))
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        grad_norm = clip_and_step(model, optimizer, cfg.optim.max_grad_norm)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        row = {"epoch": step / steps_per_epoch, **finish_stats(sums, len(idx), info), "lr": lr,
-               "grad_norm": float(grad_norm), "pairs": len(idx), "pairs_per_s": len(idx) / dt,
-               "tokens_per_s": n_tokens / dt, "micro_batches": n_micro, "elapsed_s": time.time() - t_start}
-        done = step + 1
-        if eval_pairs and (done == total_steps or _every(done, cfg.train.eval_every_steps)):
-            last_eval = run_eval()
-            row.update(last_eval)
-        logger.log(done, row)
-        if cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0 and done < total_steps:
-            save(cfg, run_dir, done, model, tokenizer, optimizer, scheduler, info)
+        return {"epoch": step / steps_per_epoch, **finish_stats(sums, len(idx), info), "lr": lr,
+                "grad_norm": grad_norm, "pairs": len(idx), "pairs_per_s": len(idx) / dt,
+                "tokens_per_s": n_tokens / dt, "micro_batches": n_micro, "elapsed_s": time.time() - t_start}
+
+    logger = metrics_logger(run, cfg, total_steps, start_step)
+    model.train()
+    train_loop(start_step, total_steps, step_fn, [
+        eval_every(cfg.train.eval_every_steps, total_steps, run_eval, enabled=bool(eval_pairs)),
+        log_to(logger), save_every(run, cfg, total_steps, tokenizer, parts)])
     logger.close()
     if last_eval:
-        log(f"[eval] after training: {_fmt(last_eval)}")
-    final = run_dir / "final"
-    sd = model_state_dict(model, info)
-    if info.is_main:
-        ckpt.save_hf(_unwrap(model), tokenizer, final, state_dict=sd)
-        write_summary(run_dir, {**summary, "steps": total_steps, "eval_end": last_eval, "world_size": info.world_size,
-                                "wall_s": time.time() - t_start, "peak_rss_mb": peak_rss_mb(),
-                                "final_model": str(final)})
-        log(f"[dpo] done: {total_steps} steps; model saved to {final}")
-    cleanup(info)
-    return final
-
-
-def _every(step: int, n: int) -> bool:
-    return bool(n) and step % n == 0
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-def save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, info):
-    sd = model_state_dict(model, info)
-    state = {"step": step, "optimizer": optimizer_state_dict(model, optimizer, info),
-             "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
-    ckpt.save_checkpoint(run_dir, step, _unwrap(model), tokenizer, state, config_text(cfg),
-                         cfg.checkpoint.keep_last, state_dict=sd, write=info.is_main)
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
+        run.log(f"[eval] after training: {fmt(last_eval)}")
+    return finish(run, tokenizer, {"final": model}, {**summary, "eval_end": last_eval}, total_steps)

@@ -5,7 +5,12 @@ decontaminate -> sft -> (prefs) -> dpo -> rlvr -> eval -> report. Each stage wri
 SFT model starts DPO (and generates on-policy preference data when `prefs` is on), the DPO model
 starts RLVR, and every model is evaluated on the same slices. A finished stage leaves `DONE.json`;
 re-running the command skips finished stages and resumes an interrupted one from its last
-checkpoint (`run.resume=true`).
+checkpoint (`run.resume=true`). `posttrain report RUN_DIR` renders the report of a run directory
+again from what its stages left on disk.
+
+The stages are the rows of STAGE_TABLE. A row's run function takes the pipeline config and the
+artefacts of the stages before it (the newest `model`, `sft_data`, `dpo_data`) and returns the
+artefacts it adds; its `DONE.json` keeps them for the runs that skip it.
 
 Under torchrun every rank runs the training stages together (FSDP2); decontamination, preference
 data, evaluation and the report run on rank 0 alone, and the other ranks wait for the stage's
@@ -15,18 +20,17 @@ data, evaluation and the report run on rank 0 alone, and the other ranks wait fo
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
-from posttrain.config import field, load_config
+from posttrain.config import describe, field, load_config
 from posttrain.report import StageInfo, write_report
+from posttrain.stages import resolve, split_args
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_STAGES = ("sft", "dpo", "rlvr")
-
 
 @dataclasses.dataclass
 class StageSpec:
@@ -63,22 +67,15 @@ class PipelineConfig:
     rank_wait_s: float = field(86400.0, "under torchrun: how long ranks > 0 wait for rank 0's single-process stages")
 
 
-ORDER = ("decontaminate", "sft", "prefs", "dpo", "rlvr", "eval")
-
-
-def _stage_config(stage: str, spec: StageSpec, recipe_dir: Path, extra: list[str]):
-    from posttrain.cli import STAGES, _optional_stages
-
-    _optional_stages()
-    module_name, cls_name, entry, _ = STAGES[stage]
-    module = importlib.import_module(module_name)
-    path = None
+def _stage_config(cfg: PipelineConfig, stage: str, extra: list[str]):
+    """-> (the stage's own config, from its recipe entry + `extra` overrides; its entry function)."""
+    _, cls, entry = resolve(stage)
+    spec, recipe_dir, path = getattr(cfg, stage), Path(cfg.recipe_dir or "."), None
     if spec.config:
         path = Path(spec.config)
         if not path.is_absolute():
             path = (recipe_dir / path) if (recipe_dir / path).exists() else (REPO / path)
-    cfg = load_config(getattr(module, cls_name), path, list(spec.overrides) + extra)
-    return cfg, getattr(module, entry)
+    return load_config(cls, path, list(spec.overrides) + extra), entry
 
 
 def _done(stage_dir: Path) -> dict | None:
@@ -113,6 +110,83 @@ def _final_model(stage_dir: Path) -> str:
     return str(final)
 
 
+# ------------------------------------------------------------------------------------ the stages
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # also its `posttrain <stage>` registry entry and its PipelineConfig field
+    run: Callable[[PipelineConfig, dict], dict]  # (pipeline config, artefacts so far) -> its artefacts
+    produces: tuple[str, ...]
+    every_rank: bool = False  # training: every torchrun rank runs it (FSDP2); else rank 0 alone
+
+
+def _dir(cfg: PipelineConfig, stage: str) -> Path:
+    return Path(cfg.output_dir) / stage
+
+
+def _decontaminate(cfg: PipelineConfig, artefacts: dict) -> dict:
+    stage_dir = _dir(cfg, "decontaminate")
+    # What gets cleaned is the SFT stage's own data, unless the decontam config names training sets.
+    sft_cfg, _ = _stage_config(cfg, "sft", [])
+    train = {f"sft{i}": p for i, p in enumerate(sft_cfg.data.paths)}
+    dcfg, fn = _stage_config(cfg, "decontaminate", [f"out_dir={stage_dir}"])
+    dcfg.train = dcfg.train or train
+    fn(dcfg)
+    filtered = stage_dir / "filtered"
+    return {"sft_data": [str(filtered / f"{n}.jsonl") for n in train
+                         if (filtered / f"{n}.jsonl").is_file() and n in dcfg.train]}
+
+
+def _prefs(cfg: PipelineConfig, artefacts: dict) -> dict:
+    pcfg, fn = _stage_config(cfg, "prefs", [f"output_dir={_dir(cfg, 'prefs')}"])
+    result = fn(pcfg)
+    return {"dpo_data": [str(result)] if result else []}
+
+
+def _trainer(stage: str, data: str | None) -> Callable[[PipelineConfig, dict], dict]:
+    """Run function of a training stage: it starts from the newest model and trains on the `data`
+    artefact when an earlier stage produced one, else on its own config's data."""
+
+    def run(cfg: PipelineConfig, artefacts: dict) -> dict:
+        stage_dir = _dir(cfg, stage)
+        overrides = [f"model.name_or_path={artefacts['model']}", f"model.chat_template={cfg.chat_template}",
+                     f"run.output_dir={stage_dir}", f"run.resume={str(stage_dir.exists()).lower()}"]
+        if data and artefacts.get(data):
+            overrides.append("data.paths=[" + ",".join(artefacts[data]) + "]")
+        scfg, fn = _stage_config(cfg, stage, overrides)
+        fn(scfg)
+        if _rank() != 0:  # rank 0 writes the final model after the others are done
+            _wait_done(stage_dir, cfg.rank_wait_s)
+        return {"model": _final_model(stage_dir)}
+
+    return run
+
+
+STAGE_TABLE = (
+    Stage("decontaminate", _decontaminate, ("sft_data",)),
+    Stage("sft", _trainer("sft", "sft_data"), ("model",), every_rank=True),
+    Stage("prefs", _prefs, ("dpo_data",)),
+    Stage("dpo", _trainer("dpo", "dpo_data"), ("model",), every_rank=True),
+    Stage("rlvr", _trainer("rlvr", None), ("model",), every_rank=True),
+)
+# Evaluation is no table row: it leaves no DONE.json (it resumes sample by sample itself), needs
+# every stage's model, and runs on rank 0 after the rest.
+ORDER = tuple(s.name for s in STAGE_TABLE) + ("eval",)
+TRAIN_STAGES = tuple(s.name for s in STAGE_TABLE if s.every_rank)
+
+
+def _from_done(stage: Stage, stage_dir: Path, done: dict, selected: bool = True) -> dict:
+    """The artefacts a finished stage hands on. Its model always counts (`stages=[dpo]` continues
+    from the finished SFT model); its data only when the stage is selected, so that leaving a stage
+    out also leaves out the data it made."""
+    new = {k: done[k] for k in stage.produces if k in done and k != "model"} if selected else {}
+    if "model" in stage.produces:
+        # Found where it lies rather than read from DONE.json: the run directory may have moved,
+        # and DONE.json files written before #15 do not name it.
+        new["model"] = _final_model(stage_dir)
+    return new
+
+
 def run_pipeline(cfg: PipelineConfig) -> Path:
     from posttrain.train.dist import keep_process_group
 
@@ -123,7 +197,6 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
 def _run_pipeline(cfg: PipelineConfig) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recipe_dir = Path(cfg.recipe_dir or ".")
     main_rank = _rank() == 0
     if main_rank:
         (out / "pipeline.yaml").write_text(_yaml(cfg))
@@ -132,77 +205,39 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(ORDER)}")
     print(f"[pipeline] {cfg.name}: stages {' -> '.join(wanted)}; run directory {out}", flush=True)
-    models = {"base": cfg.base_model}
+    artefacts: dict = {"model": cfg.base_model}
+    models = {"base": cfg.base_model}  # what evaluation scores: the base and each stage's model
     infos: list[StageInfo] = []
-    sft_data_override: list[str] = []
-    dpo_data_override: list[str] = []
-    for stage in ORDER:
-        if stage == "eval":
-            break
-        stage_dir = out / stage
-        if stage in TRAIN_STAGES and _done(stage_dir):
-            models[stage] = _final_model(stage_dir)
-        if stage not in wanted:
-            continue
+    for stage in STAGE_TABLE:
+        stage_dir = out / stage.name
         done = _done(stage_dir)
-        if done:
-            print(f"[pipeline] {stage}: finished earlier ({done['seconds']:.0f} s), skipping", flush=True)
-            if stage == "decontaminate":
-                sft_data_override = done.get("sft_data", [])
-            if stage == "prefs":
-                dpo_data_override = done.get("dpo_data", [])
-            infos.append(_info(stage, stage_dir, done["seconds"], "done (earlier run)"))
-            continue
-        t0 = time.time()
-        print(f"\n[pipeline] ===== {stage} =====", flush=True)
-        extra_info = {}
-        if not main_rank and stage not in TRAIN_STAGES:  # rank 0 runs it alone
-            done = _wait_done(stage_dir, cfg.rank_wait_s)
-            sft_data_override = done.get("sft_data", sft_data_override)
-            dpo_data_override = done.get("dpo_data", dpo_data_override)
-            continue
-        if stage == "decontaminate":
-            sft_cfg, _ = _stage_config("sft", cfg.sft, recipe_dir, [])
-            train = {f"sft{i}": p for i, p in enumerate(sft_cfg.data.paths)}
-            dcfg, fn = _stage_config(stage, cfg.decontaminate, recipe_dir, [f"out_dir={stage_dir}"])
-            dcfg.train = dcfg.train or train
-            fn(dcfg)
-            sft_data_override = [str(stage_dir / "filtered" / f"{n}.jsonl") for n in train
-                                 if (stage_dir / "filtered" / f"{n}.jsonl").is_file() and n in dcfg.train]
-            extra_info["sft_data"] = sft_data_override
-        elif stage == "prefs":
-            pcfg, fn = _stage_config(stage, cfg.prefs, recipe_dir, [f"output_dir={stage_dir}"])
-            result = fn(pcfg)
-            extra_info["dpo_data"] = dpo_data_override = [str(result)] if result else []
+        if stage.name not in wanted:
+            new = _from_done(stage, stage_dir, done, selected=False) if done else {}
+        elif done:
+            print(f"[pipeline] {stage.name}: finished earlier ({done['seconds']:.0f} s), skipping", flush=True)
+            new = _from_done(stage, stage_dir, done)
+            infos.append(_info(stage.name, stage_dir, done["seconds"], "done (earlier run)"))
+        elif not main_rank and not stage.every_rank:  # rank 0 runs it alone
+            print(f"\n[pipeline] ===== {stage.name} =====", flush=True)
+            new = _from_done(stage, stage_dir, _wait_done(stage_dir, cfg.rank_wait_s))
         else:
-            start = {"sft": models["base"], "dpo": models.get("sft", models["base"]),
-                     "rlvr": models.get("dpo", models.get("sft", models["base"]))}[stage]
-            overrides = [f"model.name_or_path={start}", f"model.chat_template={cfg.chat_template}",
-                         f"run.output_dir={stage_dir}", f"run.resume={str(stage_dir.exists()).lower()}"]
-            if stage == "sft" and sft_data_override:
-                overrides.append("data.paths=[" + ",".join(sft_data_override) + "]")
-            if stage == "dpo" and dpo_data_override:
-                overrides.append("data.paths=[" + ",".join(dpo_data_override) + "]")
-            scfg, fn = _stage_config(stage, getattr(cfg, stage), recipe_dir, overrides)
-            fn(scfg)
-            if not main_rank:  # rank 0 writes the final model after the others are done
-                _wait_done(stage_dir, cfg.rank_wait_s)
-            models[stage] = _final_model(stage_dir)
-        seconds = time.time() - t0
-        if main_rank:
-            _mark_done(stage_dir, seconds, **extra_info)
-        infos.append(_info(stage, stage_dir, seconds, "done"))
+            t0 = time.time()
+            print(f"\n[pipeline] ===== {stage.name} =====", flush=True)
+            new = stage.run(cfg, artefacts)
+            seconds = time.time() - t0
+            if main_rank:
+                _mark_done(stage_dir, seconds, **new)
+            infos.append(_info(stage.name, stage_dir, seconds, "done"))
+        artefacts.update(new)
+        if "model" in new:
+            models[stage.name] = new["model"]
 
     if not main_rank:  # evaluation and the report are rank 0's
         return out
     evals = {}
     if "eval" in wanted:
         evals = run_evals(cfg, out, models, infos)
-    decontam_md = (out / "decontaminate" / "report.md")
-    md, html = write_report(out, cfg.name, infos, evals,
-                            decontam_md.read_text() if decontam_md.is_file() else None,
-                            notes=[f"base model: {cfg.base_model}", f"run directory: {out}"])
-    print(f"[pipeline] report: {md} and {html}", flush=True)
+    _write_report(out, cfg.name, cfg.base_model, infos, evals)
     return out
 
 
@@ -217,8 +252,7 @@ def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInf
         print(f"\n[pipeline] ===== eval: {label} ({models[label]}) =====", flush=True)
         summary = evaluate(models[label], None, cfg.eval.tasks, cfg.eval.limit, out / "eval" / label,
                            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                           data_paths=cfg.eval.data,
-                           chat_template=cfg.chat_template)
+                           data_paths=cfg.eval.data, chat_template=cfg.chat_template)
         evals[label] = {f"{task}/{m}": v for task, res in summary["tasks"].items()
                         for m, v in res["metrics"].items() if isinstance(v, (int, float))}
     (out / "eval" / "table.json").write_text(json.dumps(evals, indent=2))
@@ -226,7 +260,14 @@ def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInf
     return evals
 
 
-def _info(stage: str, stage_dir: Path, seconds: float, status: str) -> StageInfo:
+def _write_report(out: Path, title: str, base_model: str, infos: list[StageInfo], evals: dict) -> None:
+    decontam_md = out / "decontaminate" / "report.md"
+    md, html = write_report(out, title, infos, evals, decontam_md.read_text() if decontam_md.is_file() else None,
+                            notes=[f"base model: {base_model}", f"run directory: {out}"])
+    print(f"[pipeline] report: {md} and {html}", flush=True)
+
+
+def _info(stage: str, stage_dir: Path, seconds: float | None, status: str) -> StageInfo:
     cfg_path = stage_dir / "config.yaml"
     return StageInfo(stage, stage_dir, seconds, status, cfg_path.read_text() if cfg_path.is_file() else "")
 
@@ -249,16 +290,53 @@ def demo(cfg: PipelineConfig) -> Path:
     return run_pipeline(cfg)
 
 
-CLI_STAGES = ("run", "demo")
+@dataclasses.dataclass
+class ReportConfig:
+    run_dir: str = field("", "pipeline run directory (the recipe's output_dir)")
+    title: str | None = field(None, "report title (default: the recipe's name, from pipeline.yaml)")
+
+
+def report(cfg: ReportConfig) -> Path:
+    """`posttrain report RUN_DIR`: report.md and report.html again, from the stages' DONE.json,
+    config.yaml and metrics, the eval table and the decontamination report."""
+    import yaml
+
+    out = Path(cfg.run_dir)
+    recipe = out / "pipeline.yaml"
+    if not recipe.is_file():
+        raise FileNotFoundError(f"{recipe} not found: give the run directory of `posttrain run` (its output_dir)")
+    saved = yaml.safe_load(recipe.read_text()) or {}
+    infos = []
+    for stage in STAGE_TABLE:
+        stage_dir = out / stage.name
+        if (done := _done(stage_dir)) is not None:
+            infos.append(_info(stage.name, stage_dir, done["seconds"], "done"))
+        elif stage_dir.is_dir():
+            infos.append(_info(stage.name, stage_dir, None, "not finished"))
+    table = out / "eval" / "table.json"
+    evals = json.loads(table.read_text()) if table.is_file() else {}
+    if evals:
+        infos.append(_info("eval", out / "eval", None, "done"))  # its time is not kept on disk
+    _write_report(out, cfg.title or saved.get("name") or PipelineConfig.name,
+                  saved.get("base_model", "unknown"), infos, evals)
+    return out
+
+
+CLI_STAGES = ("run", "demo", "report")
 
 
 def cli(argv: list[str], stage: str) -> int:
-    from posttrain.cli import split_args
-    from posttrain.config import describe
-
     path, overrides, flags = split_args(argv)
     if "--help-config" in flags or "--help" in flags:
-        print("\n".join(describe(PipelineConfig)))
+        print("\n".join(describe(ReportConfig if stage == "report" else PipelineConfig)))
+        return 0
+    if stage == "report":
+        # RUN_DIR is a directory, not a config file.
+        rcfg = load_config(ReportConfig, None, overrides)
+        rcfg.run_dir = path or rcfg.run_dir
+        if not rcfg.run_dir:
+            raise ValueError("usage: posttrain report RUN_DIR [title=...]")
+        report(rcfg)
         return 0
     if stage == "demo":
         if path is not None:

@@ -46,18 +46,18 @@ def accuracy_by_verifier(scores: Tensor, keys: Sequence[str]) -> dict[str, float
 
 
 class RewardModelScorer:
-    """Scores (prompt, response) conversations with a reward model (`posttrain.recipes.rm`)."""
+    """Scores (prompt, response) conversations with a reward model (`posttrain.reward_model`)."""
 
     def __init__(self, path: str, dtype: torch.dtype, device, chat_template: str = "model"):
         from posttrain.models import load_tokenizer
-        from posttrain.recipes.rm import load_reward_model
+        from posttrain.reward_model import load_reward_model
 
         self.tokenizer = load_tokenizer(path, chat_template)
         self.model = load_reward_model(path, self.tokenizer, dtype=dtype, device=device).eval()
         self.model.requires_grad_(False)
 
     def __call__(self, rows: Sequence[RLVRRow], texts: Sequence[str]) -> Tensor:
-        from posttrain.recipes.rm import score
+        from posttrain.reward_model import score
 
         convs = [r.messages + [{"role": "assistant", "content": t}] for r, t in zip(rows, texts)]
         return torch.tensor(score(self.model, self.tokenizer, convs), dtype=torch.float32)

@@ -20,11 +20,12 @@ from torch import Tensor
 
 from posttrain.data.chat import IGNORE_INDEX
 from posttrain.data.packing import PackedBatch, packed_forward, plan_micro_batches
-from posttrain.losses.pg import KLEstimator, kl_penalty, policy_gradient_loss, token_level_loss
+from posttrain.losses.pg import KLEstimator, kl_penalty, kl_regularized_loss, policy_gradient_loss, token_level_loss
 from posttrain.losses.ppo import value_loss
 from posttrain.rl.buffer import GroupedRow, TrainSamples
 from posttrain.train.dist import DistInfo
 from posttrain.train.logprobs import entropy_from_logits, token_logprobs
+from posttrain.train.loop import clip_and_step, padding_pass
 from posttrain.train.parallel import sync_grads_context
 from posttrain.train.refcache import reshard
 from posttrain.train.varlen_attn import NAME as VARLEN
@@ -112,13 +113,6 @@ def _rank_micro_batches(samples: TrainSamples, idx: list[int], budget: int, info
     return mine + [None] * (-(-len(plan) // info.world_size) - len(mine))
 
 
-def _padding_pass(model, info: DistInfo, backward: bool) -> None:
-    """A one-token forward (and zero backward) so this rank joins the other ranks' collectives."""
-    out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=info.device), use_cache=False)
-    if backward:
-        (out.logits.float().sum() * 0.0).backward()
-
-
 def _gather_scores(local: dict[int, Tensor], n: int, info: DistInfo) -> list[Tensor]:
     """Per-sample tensors computed by each rank for its samples -> all n, on every rank."""
     if info.distributed:
@@ -158,7 +152,7 @@ def score_logprobs(model, samples: TrainSamples, micro_batch_tokens: int, temper
     share = shares_prompts(model, share_prompts)
     for idx in _rank_micro_batches(samples, list(range(len(samples))), micro_batch_tokens, info, share):
         if idx is None:
-            _padding_pass(model, info, backward=False)
+            padding_pass(model, info.device, backward=False)
             continue
         lp, _ = response_logprobs(model, _pack(samples, idx, share).to(device), temperature)
         out.update(zip(idx, _split(lp, idx, samples)))
@@ -173,7 +167,7 @@ def score_values(value_model, samples: TrainSamples, micro_batch_tokens: int, de
     out: dict[int, Tensor] = {}
     for idx in _rank_micro_batches(samples, list(range(len(samples))), micro_batch_tokens, info):
         if idx is None:
-            _padding_pass(value_model, info, backward=False)
+            padding_pass(value_model, info.device, backward=False)
             continue
         out.update(zip(idx, _split(response_values(value_model, samples.pack(idx).to(device)), idx, samples)))
     if info.distributed:
@@ -205,17 +199,6 @@ def minibatches(n: int, s: PassSettings, epoch: int) -> list[list[int]]:
         order = torch.randperm(n, generator=g).tolist()
     size = -(-n // s.num_minibatches)
     return [order[i:i + size] for i in range(0, n, size)]
-
-
-def _optimizer_step(model, optimizer, max_grad_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_grad_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(norm)
 
 
 @dataclass(frozen=True)
@@ -262,11 +245,11 @@ def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, pas
             for m, idx in enumerate(plan):
                 with sync_grads_context(model, last=m == len(plan) - 1):
                     if idx is None:
-                        _padding_pass(model, info, backward=True)
+                        padding_pass(model, info.device, backward=True)
                     else:
                         _policy_micro_batch(model, _pack(samples, idx, share), samples, idx, loss, n_tokens,
                                             use_old, device, sums, first if epoch == 0 else None)
-            grad_norms += _optimizer_step(model, optimizer, passes.max_grad_norm)
+            grad_norms += clip_and_step(model, optimizer, passes.max_grad_norm)
             steps += 1
     _all_reduce(sums, info)
     _all_reduce(first, info)
@@ -297,10 +280,9 @@ def _policy_micro_batch(model, row: PackedBatch | GroupedRow, samples: TrainSamp
     out = policy_gradient_loss(lp[None], old[None], adv[None], ones, eps_low=loss.eps_low,
                                eps_high=loss.eps_high, tis_cap=loss.tis_cap or 2.0,
                                generator_logprobs=gen[None] if loss.tis_cap else None)
-    per_token = out.losses
     ref = samples.cat("ref_logprobs", idx).to(device) if samples.has("ref_logprobs") else None
-    if loss.kl_beta:
-        per_token = per_token + loss.kl_beta * kl_penalty(lp, ref, loss.kl_estimator)[None]
+    per_token = kl_regularized_loss(out.losses, lp[None], None if ref is None else ref[None], loss.kl_beta,
+                                    loss.kl_estimator)
     total = token_level_loss(per_token, ones, n_tokens)
     total.backward()
     sums.add(objective=total.item(), tokens=lp.numel(), clipped=out.clipped.sum(), approx_kl=out.approx_kl.sum())
@@ -330,7 +312,7 @@ def value_update(value_model, optimizer, samples: TrainSamples, clip_range: floa
             for m, idx in enumerate(plan):
                 with sync_grads_context(value_model, last=m == len(plan) - 1):
                     if idx is None:
-                        _padding_pass(value_model, info, backward=True)
+                        padding_pass(value_model, info.device, backward=True)
                         continue
                     values = response_values(value_model, samples.pack(idx).to(device))
                     old = samples.cat("old_values", idx).to(device)
@@ -340,7 +322,7 @@ def value_update(value_model, optimizer, samples: TrainSamples, clip_range: floa
                     total = coef * token_level_loss(out.losses, ones, n_tokens)
                     total.backward()
                     sums.add(objective=total.item(), tokens=values.numel(), clipped=out.clipped.sum())
-            grad_norms += _optimizer_step(value_model, optimizer, passes.max_grad_norm)
+            grad_norms += clip_and_step(value_model, optimizer, passes.max_grad_norm)
             steps += 1
     _all_reduce(sums, info)
     n = max(sums.v.get("tokens", 0.0), 1.0)

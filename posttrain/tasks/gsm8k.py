@@ -10,6 +10,7 @@ GSM8KVerifier instead, which keeps the sign.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -160,6 +161,30 @@ def reward(completion: str, ground_truth: Any) -> float:
         raise ValueError(f"GSM8K ground truth is empty: {ground_truth!r}")
     extracted = _last_number(clip_tail(as_text(completion)), _NUMBER_REWARD)
     return float(extracted.lower() == label.lower())
+
+
+def reward_label(answer_field: str) -> str:
+    """The RLVR ground truth of a GSM8K `answer`: its last number after '####', digit-group commas
+    removed and the sign kept, as `reward` compares (`gold_answer` drops an integer's sign, which
+    would reward "7" for "#### -7")."""
+    return _last_number(answer_field.split("####")[-1], _NUMBER_REWARD)
+
+
+def validate_ground_truth(ground_truth: Any) -> None:
+    """Raise ValueError unless `reward` can ever match `ground_truth`: one number, as a string
+    ("72", "3,380", "-0.5") or a JSON number. Anything else (null, a list, words) scores 0 forever."""
+    usable = isinstance(ground_truth, (str, int, float)) and not isinstance(ground_truth, bool)
+    label = _DIGIT_COMMA.sub(r"\1\2", as_text(ground_truth).strip()) if usable else ""
+    if not _NUMBER_REWARD.fullmatch(label):
+        raise ValueError(f'expected a number (a string such as "72" or "3,380", or a JSON number), '
+                         f"got {_shown(ground_truth)}")
+
+
+def _shown(value: Any) -> str:
+    try:  # rows are JSON: show null, not None
+        return json.dumps(value, ensure_ascii=False)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
 
 
 @dataclass

@@ -106,6 +106,40 @@ def parse_ifeval_ground_truth(ground_truth: Any) -> dict[str, Any]:
     return {"instruction_id_list": ids, "kwargs": kwargs, "prompt": value.get("prompt", "")}
 
 
+IFEVAL_FORM = 'IFEval instructions {"instruction_id_list": [...], "kwargs": [...]}'
+
+
+def validate_ground_truth(ground_truth: Any, expected: str = IFEVAL_FORM) -> None:
+    """Raise ValueError unless `IFEvalTask.reward` can grade `ground_truth`: it parses, and every
+    instruction id is known and has the arguments its checker needs. `expected` describes the
+    accepted shapes in the message when it does not parse (a caller may accept more than one)."""
+    try:
+        truth = _parse_for_validation(ground_truth)
+        if not all(isinstance(i, str) for i in truth["instruction_id_list"]):
+            raise ValueError(f"instruction ids must be strings, got {truth['instruction_id_list']!r:.120}")
+        if not all(isinstance(kw, dict) for kw in truth["kwargs"]):
+            raise ValueError(f"'kwargs' must be a list of objects, one per instruction, got {truth['kwargs']!r:.120}")
+    except ValueError as e:
+        raise ValueError(f"{e} (expected {expected})") from None
+    build_checkers(truth, "instruction")  # its errors name the instruction and what it lacks
+
+
+def _parse_for_validation(ground_truth: Any) -> dict[str, Any]:
+    if isinstance(ground_truth, str):
+        try:
+            json.loads(ground_truth)
+        except ValueError as e:
+            try:  # open-instruct writes str([...]): a Python literal, also accepted
+                ast.literal_eval(ground_truth)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                raise ValueError(f"not valid JSON ({e}): {ground_truth!r:.120}") from None
+    try:
+        return parse_ifeval_ground_truth(ground_truth)
+    except TypeError:  # e.g. 'kwargs' a number: the parser iterates it
+        raise ValueError(f"'instruction_id_list' must be a list and 'kwargs' a list of objects, "
+                         f"got {ground_truth!r:.120}") from None
+
+
 def strip_thinking(text: str) -> str:
     """open-instruct's `remove_thinking_section`: keep what follows `</think>`, drop answer tags."""
     text = text.replace("<|assistant|>", "").strip()

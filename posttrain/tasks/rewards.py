@@ -8,13 +8,15 @@ evaluation agree on what "correct" means.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Callable, Mapping
 
-from posttrain.tasks import gsm8k
+from posttrain.tasks import gsm8k, ifeval
+from posttrain.tasks.base import as_text
 from posttrain.tasks.ifeval import IFEvalTask
 from posttrain.tasks.minerva_math import MathScorer
-from posttrain.tasks.rlvr_constraints import constraint_reward
+from posttrain.tasks.rlvr_constraints import constraint_reward, parse_constraint
 
 Verifier = Callable[[str, Any], float]
 
@@ -26,12 +28,64 @@ def math_reward(completion: str, ground_truth: Any) -> float:
     return _MATH.reward(completion, ground_truth)
 
 
+def validate_math_ground_truth(ground_truth: Any) -> None:
+    # MathScorer.reward compares with the text of the ground truth and refuses an empty one.
+    usable = isinstance(ground_truth, (str, int, float)) and not isinstance(ground_truth, bool)
+    if not usable or not as_text(ground_truth).strip():
+        raise ValueError(f'expected the final answer as a non-empty string (such as "\\frac{{1}}{{2}}") '
+                         f"or a number, got {_shown(ground_truth)}")
+
+
 def ifeval_reward(completion: str, ground_truth: Any) -> float:
     """Tülu 3 rows name one constraint function (`func_name`); later open-instruct rows list
     IFEval instruction ids with kwargs (scored as the fraction followed)."""
     if _is_func_name(ground_truth):
         return constraint_reward(completion, ground_truth)
     return _IFEVAL.reward(completion, ground_truth)
+
+
+def validate_ifeval_ground_truth(ground_truth: Any) -> None:
+    """Raise ValueError unless `ifeval_reward` can grade `ground_truth`, dispatching as it does."""
+    if _is_func_name(ground_truth):
+        validate_constraint_ground_truth(ground_truth)
+        return
+    ifeval.validate_ground_truth(ground_truth, 'a Tülu 3 constraint {"func_name": ..., its arguments} or '
+                                               + ifeval.IFEVAL_FORM)
+
+
+# What rlvr_constraints._quantified compares with; any other quantifier never matches.
+_QUANTIFIERS = ("at least", "at most", "around")
+# The constraint functions' annotations (strings: the module uses postponed annotations).
+_ARG_TYPES = {"int": int, "str": str, "list[str]": list}
+
+
+def validate_constraint_ground_truth(ground_truth: Any) -> None:
+    """`parse_constraint` (the reward's own parsing: a known func_name, its argument names), then
+    the argument types: a wrong type makes the function raise on every response, and
+    `constraint_reward` scores that 0 forever."""
+    try:
+        func, args = parse_constraint(ground_truth)
+    except TypeError:  # an unhashable func_name
+        raise ValueError(f"'func_name' must name a constraint function, got {_shown(ground_truth)}") from None
+    params = inspect.signature(func).parameters
+    for name, value in args.items():
+        annotation = params[name].annotation
+        want = _ARG_TYPES.get(annotation)
+        wrong = want is not None and (not isinstance(value, want) or isinstance(value, bool))
+        if not wrong and annotation == "list[str]":
+            wrong = not all(isinstance(v, str) for v in value)
+        if wrong:
+            raise ValueError(f"{func.__name__}: argument '{name}' must be {annotation}, got {_shown(value)}")
+    if "quantifier" in args and args["quantifier"] not in _QUANTIFIERS:
+        raise ValueError(f"{func.__name__}: 'quantifier' must be one of {list(_QUANTIFIERS)}, "
+                         f"got {_shown(args['quantifier'])}")
+
+
+def _shown(value: Any) -> str:
+    try:  # rows are JSON: show null, not None
+        return json.dumps(value, ensure_ascii=False)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
 
 
 def _is_func_name(ground_truth: Any) -> bool:
@@ -65,14 +119,46 @@ ALIASES = {
 }
 
 
-def get_verifier(dataset: str) -> Verifier:
-    """The grader for a row's `dataset` value (case-insensitive, aliases allowed)."""
+# What each verifier can grade, checked when rows are loaded rather than when first rewarded.
+VALIDATORS: dict[str, Callable[[Any], None]] = {
+    "gsm8k": gsm8k.validate_ground_truth,
+    "math": validate_math_ground_truth,
+    "ifeval": validate_ifeval_ground_truth,
+}
+
+
+def _verifier_name(dataset: str) -> str:
     key = str(dataset).strip().lower()
     key = ALIASES.get(key, key)
     if key not in VERIFIERS:
         known = sorted(set(VERIFIERS) | set(ALIASES))
         raise ValueError(f"no verifier for dataset {dataset!r} (known: {known})")
-    return VERIFIERS[key]
+    return key
+
+
+def get_verifier(dataset: str) -> Verifier:
+    """The grader for a row's `dataset` value (case-insensitive, aliases allowed)."""
+    return VERIFIERS[_verifier_name(dataset)]
+
+
+def validate_ground_truth(dataset: Any, ground_truth: Any) -> None:
+    """Raise ValueError unless `verify` can grade `ground_truth` for `dataset`: the same pairing of
+    datasets with ground truths, then each verifier's own check. The message starts with what
+    it is about ("dataset 'gsm8k': expected a number ..."), for callers to prefix a location."""
+    if isinstance(dataset, (list, tuple)):
+        truths = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth] * len(dataset)
+        if len(truths) != len(dataset) or not dataset:
+            raise ValueError(f"{len(dataset)} datasets: got {len(truths)} ground truths, expected one per dataset")
+        for d, t in zip(dataset, truths):
+            validate_ground_truth(d, t)
+        return
+    if isinstance(ground_truth, (list, tuple)) and len(ground_truth) == 1:
+        ground_truth = ground_truth[0]
+    validator = VALIDATORS[_verifier_name(dataset)]
+    try:
+        validator(ground_truth)
+    except ValueError as e:
+        raise ValueError(f"dataset {dataset!r}: {e}") from None
 
 
 def verify(completion: str, dataset: Any, ground_truth: Any) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posttrain.tasks.base import GenerationConfig, Sample, as_text, iter_rows, mean, require_field, take
-from posttrain.tasks.rewards import get_verifier, verify
+from posttrain.tasks.rewards import get_verifier, validate_ground_truth, verify
 
 
 @dataclass
@@ -42,6 +42,10 @@ class VerifiableTask:
                 raise ValueError(f"{where}: {e}") from None
         if "ground_truth" not in row:
             raise ValueError(f"{where}: missing field 'ground_truth'")
+        try:  # at load time, not after every response has been generated
+            validate_ground_truth(dataset, row["ground_truth"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: field 'ground_truth' for {e}") from None
         return Sample(id=str(row.get("id", "line" + where.rsplit(":", 1)[-1])), messages=messages, assistant_prefix="",
                       ground_truth={"dataset": dataset, "ground_truth": row["ground_truth"]})
 

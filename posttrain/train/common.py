@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -48,6 +49,34 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class StepsConfig:
+    """How a stage walks its data: the `train` section's shared keys (each stage adds its own)."""
+
+    epochs: int = field(1, "passes over the data")
+    max_steps: int | None = field(None, "stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = field(8, "examples (sequences, or pairs) per optimizer step, across all ranks")
+    micro_batch_tokens: int = field(4096, "token budget of one packed micro-batch (per rank; both sides of a pair)")
+
+    def validate(self):
+        check_max_steps(self.max_steps)
+        if self.batch_size < 1 or self.micro_batch_tokens < 1:
+            raise ValueError("train.batch_size and train.micro_batch_tokens must be >= 1")
+
+    def steps(self, n_examples: int) -> tuple[int, int]:
+        """(optimizer steps per epoch, total optimizer steps) over `n_examples`."""
+        per_epoch = math.ceil(n_examples / self.batch_size)
+        return per_epoch, self.max_steps or per_epoch * self.epochs
+
+
+@dataclasses.dataclass
+class PairStepsConfig(StepsConfig):
+    """`train` keys of the stages that learn from preference pairs (DPO, reward models)."""
+
+    eval_every_steps: int = field(0, "evaluate on the held-out pairs every N steps (0: only at the end)")
+    eval_at_start: bool = field(False, "also evaluate before the first step")
+
+
+@dataclasses.dataclass
 class CheckpointConfig:
     every_steps: int = field(0, "save a resumable checkpoint every N optimizer steps (0 = only at the end)")
     keep_last: int = field(2, "how many step checkpoints to keep")
@@ -63,6 +92,12 @@ class RunConfig:
     progress: bool = field(True, "show a progress bar")
 
 
+def check_max_steps(max_steps: int | None) -> None:
+    # 0 used to fall through `max_steps or ...` and silently mean "no limit".
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"train.max_steps must be >= 1, or null to run the configured epochs; got {max_steps}")
+
+
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -75,18 +110,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(cfg, run: RunConfig, info: DistInfo, stage: str) -> Path:
-    """Create the run directory, refuse to overwrite a finished or existing run unless resuming,
-    and save + print the resolved config."""
+def check_run_dir(run: RunConfig, info: DistInfo) -> Path:
+    """Refuse to overwrite a finished or existing run unless resuming; writes nothing."""
+    out = Path(run.output_dir)
+    if info.is_main and out.exists() and any(out.iterdir()) and not run.resume:
+        if (out / "checkpoints").exists() or (out / "final").exists():
+            raise ValueError(f"{out} already holds a run; pass run.resume=true to continue it "
+                             f"or choose another run.output_dir")
+    return out
+
+
+def save_resolved_config(cfg, run: RunConfig, info: DistInfo, stage: str) -> None:
+    """Create the run directory and save + print the resolved config (rank 0)."""
     out = Path(run.output_dir)
     if info.is_main:
-        if out.exists() and any(out.iterdir()) and not run.resume:
-            if (out / "checkpoints").exists() or (out / "final").exists():
-                raise ValueError(f"{out} already holds a run; pass run.resume=true to continue it "
-                                 f"or choose another run.output_dir")
         out.mkdir(parents=True, exist_ok=True)
         text = dump_config(cfg, out / "config.yaml")
         print0(f"[posttrain {stage}] resolved config (saved to {out / 'config.yaml'}):\n{text}", info=info)
+
+
+def prepare_run_dir(cfg, run: RunConfig, info: DistInfo, stage: str) -> Path:
+    """`check_run_dir`, then `save_resolved_config`."""
+    out = check_run_dir(run, info)
+    save_resolved_config(cfg, run, info, stage)
     return out
 
 
