@@ -28,10 +28,9 @@ from posttrain.models import cache_dir, load_tokenizer, resolve_model_path
 from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, PairStepsConfig, RunConfig,
                                     load_for_training)
 from posttrain.train.dist import DistInfo, all_reduce_max
-from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, eval_every, finish, fmt, log_to,
-                                  metrics_logger, open_run_dir, restore, resume_point, save_every, start_run,
-                                  step_indices, train_loop)
-from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs
+from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, fmt, open_run_dir, restore,
+                                  resume_point, start_run, step_indices)
+from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs, train_pair_stage
 from posttrain.train.parallel import parallelize
 from posttrain.train.refcache import cache_key, compute_pair_logps, model_fingerprint, pair_logps, reference_logps
 
@@ -179,15 +178,12 @@ def main(cfg: DPOConfig) -> Path:
     optimizer, scheduler = parts[0].optimizer, parts[0].scheduler
     start_step = restore(run, resume_from, parts, total_steps)
 
-    last_eval: dict[str, float] = {}
-
     def run_eval() -> Row:
-        last_eval.update(evaluate(model, eval_pairs, ref_eval, loss_fn, cfg.train.micro_batch_tokens, info))
-        return last_eval
+        return evaluate(model, eval_pairs, ref_eval, loss_fn, cfg.train.micro_batch_tokens, info)
 
     summary: dict = {"loss": cfg.loss.name, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), **ref_info}
     if cfg.train.eval_at_start and start_step == 0 and eval_pairs:
-        summary["eval_start"] = evaluate(model, eval_pairs, ref_eval, loss_fn, cfg.train.micro_batch_tokens, info)
+        summary["eval_start"] = run_eval()
         run.log(f"[eval] before training: {fmt(summary['eval_start'])}")
     t_start = time.time()
     train_fn = preference_micro_batch(model, train_pairs, ref_train, loss_fn, info.device)
@@ -208,12 +204,5 @@ def main(cfg: DPOConfig) -> Path:
                 "grad_norm": grad_norm, "pairs": len(idx), "pairs_per_s": len(idx) / dt,
                 "tokens_per_s": n_tokens / dt, "micro_batches": n_micro, "elapsed_s": time.time() - t_start}
 
-    logger = metrics_logger(run, cfg, total_steps, start_step)
-    model.train()
-    train_loop(start_step, total_steps, step_fn, [
-        eval_every(cfg.train.eval_every_steps, total_steps, run_eval, enabled=bool(eval_pairs)),
-        log_to(logger), save_every(run, cfg, total_steps, tokenizer, parts)])
-    logger.close()
-    if last_eval:
-        run.log(f"[eval] after training: {fmt(last_eval)}")
-    return finish(run, tokenizer, {"final": model}, {**summary, "eval_end": last_eval}, total_steps)
+    return train_pair_stage(run, cfg, tokenizer, parts, start_step, total_steps, step_fn,
+                            run_eval if eval_pairs else None, summary)

@@ -24,10 +24,9 @@ from posttrain.models import load_tokenizer
 from posttrain.reward_model import load_reward_model, pair_rewards
 from posttrain.train.common import CheckpointConfig, ModelConfig, OptimConfig, PairStepsConfig, RunConfig
 from posttrain.train.dist import all_reduce_max
-from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, eval_every, finish, fmt, log_to,
-                                  metrics_logger, open_run_dir, restore, resume_point, save_every, start_run,
-                                  step_indices, train_loop)
-from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs
+from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, fmt, open_run_dir, restore,
+                                  resume_point, start_run, step_indices)
+from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs, train_pair_stage
 from posttrain.train.parallel import parallelize
 
 # Deprecated spellings: the reward-model library now lives in posttrain.reward_model.
@@ -102,7 +101,6 @@ def main(cfg: RMConfig) -> Path:
         summary["eval_start"] = evaluate(model, eval_pairs, cfg.train.micro_batch_tokens, info)
         run.log(f"[eval] before training: {fmt(summary['eval_start'])}")
     t_start = time.time()
-    last_eval: dict[str, float] = {}
     train_fn = bt_micro_batch(model, train_pairs, cfg.train.margin, info.device)
 
     def step_fn(step: int) -> Row:
@@ -120,15 +118,7 @@ def main(cfg: RMConfig) -> Path:
                 "micro_batches": n_micro, "elapsed_s": time.time() - t_start}
 
     def run_eval() -> Row:
-        last_eval.update(evaluate(model, eval_pairs, cfg.train.micro_batch_tokens, info))
-        return last_eval
+        return evaluate(model, eval_pairs, cfg.train.micro_batch_tokens, info)
 
-    logger = metrics_logger(run, cfg, total_steps, start_step)
-    model.train()
-    train_loop(start_step, total_steps, step_fn, [
-        eval_every(cfg.train.eval_every_steps, total_steps, run_eval, enabled=bool(eval_pairs)),
-        log_to(logger), save_every(run, cfg, total_steps, tokenizer, parts)])
-    logger.close()
-    if last_eval:
-        run.log(f"[eval] after training: {fmt(last_eval)}")
-    return finish(run, tokenizer, {"final": model}, {**summary, "eval_end": last_eval}, total_steps)
+    return train_pair_stage(run, cfg, tokenizer, parts, start_step, total_steps, step_fn,
+                            run_eval if eval_pairs else None, summary)

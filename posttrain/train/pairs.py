@@ -10,6 +10,7 @@ averaging divides by the world size again.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -19,7 +20,8 @@ from torch import Tensor
 from posttrain.data.packing import plan_micro_batches
 from posttrain.data.preference import TokenizedPair
 from posttrain.train.dist import DistInfo, all_reduce_max
-from posttrain.train.loop import accumulate
+from posttrain.train.loop import (Row, Run, Trainable, accumulate, eval_every, finish, fmt, log_to, metrics_logger,
+                                  save_every, train_loop)
 from posttrain.train.refcache import reshard
 
 # (pair indices of one micro-batch) -> (summed per-pair loss, [n_stats] float64 statistic sums)
@@ -69,3 +71,24 @@ def evaluate_pairs(model, pairs: Sequence[TokenizedPair], micro_batch_tokens: in
     reshard(model)
     model.train(was_training)
     return mean_stats(sums, names, len(pairs), info, prefix="eval/")
+
+
+def train_pair_stage(run: Run, cfg, tokenizer, parts: Sequence[Trainable], start_step: int, total_steps: int,
+                     step_fn: Callable[[int], Row], evaluate: Callable[[], Row] | None, summary: Row) -> Path:
+    """The loop of a pair stage: held-out evaluation at its cadence and after the last step (when
+    `evaluate` is given), metrics, checkpoints, then the final model with the last evaluation."""
+    last_eval: Row = {}
+
+    def run_eval() -> Row:
+        last_eval.update(evaluate())
+        return last_eval
+
+    logger = metrics_logger(run, cfg, total_steps, start_step)
+    parts[0].model.train()
+    train_loop(start_step, total_steps, step_fn, [
+        eval_every(cfg.train.eval_every_steps, total_steps, run_eval, enabled=evaluate is not None),
+        log_to(logger), save_every(run, cfg, total_steps, tokenizer, parts)])
+    logger.close()
+    if last_eval:
+        run.log(f"[eval] after training: {fmt(last_eval)}")
+    return finish(run, tokenizer, {"final": parts[0].model}, {**summary, "eval_end": last_eval}, total_steps)
