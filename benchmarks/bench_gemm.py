@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from posttrain.rollout.fast_llama import FastLlama, linear, pack_weight  # noqa: E402
+from posttrain.generation.fast_llama import FastLlama, linear, pack_weight  # noqa: E402
 
 # (out, in, how many per decode step) for SmolLM2-135M: q/o, k/v, gate/up, down, LM head
 SHAPES = [(576, 576, 60), (192, 576, 60), (1536, 576, 60), (576, 1536, 30), (49152, 576, 1)]

@@ -85,7 +85,7 @@ def child(args) -> None:
     import torch
 
     from posttrain.models import default_dtype, load_model, load_tokenizer, parse_dtype
-    from posttrain.rollout import Engine, SamplingParams
+    from posttrain.generation import Engine, SamplingParams
 
     dtype = parse_dtype(args.dtype) if args.dtype else default_dtype(args.device)
     tok = load_tokenizer(args.model)

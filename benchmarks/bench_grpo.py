@@ -77,7 +77,7 @@ def run_trl(args, prompts: Path, out: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from posttrain.models import load_tokenizer, resolve_model_path
-    from posttrain.tasks.gsm8k import reward as gsm8k_reward
+    from posttrain.evaluation.tasks.gsm8k import reward as gsm8k_reward
 
     rows = [json.loads(line) for line in prompts.read_text().splitlines()]
     ds = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"]} for r in rows])

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from posttrain.train.logprobs import token_logprobs
+from posttrain.losses.logprobs import token_logprobs
 
 
 def naive(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

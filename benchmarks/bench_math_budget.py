@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from posttrain.tasks.minerva_math import MathScorer
-from posttrain.tasks.rewards import verify
+from posttrain.evaluation.tasks.minerva_math import MathScorer
+from posttrain.evaluation.tasks.verifiers import verify
 
 TOWER = r"\boxed{9^{9^{9^{9}}}}"
 CASES = {

@@ -23,8 +23,8 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=0, help="also time generate() with N new tokens")
     args = ap.parse_args()
     from posttrain.models import load_model, load_tokenizer
-    from posttrain.rollout.fast_llama import FastLlama
-    from posttrain.tasks import get_task, render_prompt
+    from posttrain.generation.fast_llama import FastLlama
+    from posttrain.evaluation.tasks import get_task, render_prompt
 
     model, tok = load_model("smollm2-135m").eval(), load_tokenizer("smollm2-135m")
     samples = get_task("gsm8k").load(limit=args.prompts)
@@ -42,7 +42,7 @@ def main() -> None:
             best = min(best, time.perf_counter() - t)
         out[label] = (best, logits)
     shared = min(len(p) for p in prompts)
-    from posttrain.rollout.fast_llama import shared_prefix_len
+    from posttrain.generation.fast_llama import shared_prefix_len
     print(f"{len(prompts)} GSM8K 8-shot prompts, {sum(map(len, prompts))} tokens, shared prefix "
           f"{shared_prefix_len(prompts)} tokens (shortest prompt {shared})")
     for label, (sec, _) in out.items():
@@ -57,8 +57,8 @@ def main() -> None:
 
 
 def bench_decode(model, tok, samples, prompts, new_tokens: int) -> None:
-    from posttrain.rollout import Engine, SamplingParams
-    from posttrain.tasks import get_task
+    from posttrain.generation import Engine, SamplingParams
+    from posttrain.evaluation.tasks import get_task
 
     stop = tuple(get_task("gsm8k").generation.stop)
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens, stop=stop)

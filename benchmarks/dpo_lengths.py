@@ -10,7 +10,7 @@ summed-log-prob DPO tends to lengthen responses, length-normalised dpo_norm much
 Prompts: the first `--prompts` single-turn prompts after the first `--skip` valid pairs of the
 preference file (pairs a run with data.limit=<skip> never saw), rendered with each model's chat
 template. Decoding:
-greedy, at most `--max-new-tokens`, through posttrain.rollout's engine.
+greedy, at most `--max-new-tokens`, through posttrain.generation's engine.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def measure(name: str, path: str, prompts: list[list[dict]], max_new: int) -> di
     import torch
 
     from posttrain.models import load_model, load_tokenizer
-    from posttrain.rollout.engine import Engine
-    from posttrain.rollout.sampling import SamplingParams
+    from posttrain.generation.engine import Engine
+    from posttrain.generation.sampling import SamplingParams
 
     tok = load_tokenizer(path)
     model = load_model(path, dtype=torch.float32).eval()

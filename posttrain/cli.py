@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from posttrain.config import ConfigError, describe, load_config
-from posttrain.stages import resolve, split_args, stages
+from posttrain.config import ConfigError, describe, load_config, parse_argv
+from posttrain.stages import resolve, stages
 # Re-exported: `posttrain.cli.STAGES` and `register` were the registry before #15.
 from posttrain.stages import STAGES, register  # noqa: F401
 
 
 def usage() -> str:
-    lines = ["usage: posttrain <stage> [config.yaml] [key=value ...] [--help-config]", "", "stages:"]
+    lines = ["usage: posttrain <stage> [config.yaml] [key=value ...] [--key value ...] [--help-config]", "", "stages:"]
     lines += [f"  {name:<14} {spec.help}" for name, spec in stages().items()]
     lines += ["", "Every stage prints and saves its resolved config. `posttrain <stage> --help-config`",
               "lists the valid keys with their defaults."]
@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, cls, fn = resolve(stage)
     custom = getattr(module, "cli", None)
-    if custom is not None and stage in getattr(module, "CLI_STAGES", (stage,)):
-        # Stages with their own flags (eval's --model/--tasks) parse argv themselves.
+    if custom is not None and stage in getattr(module, "CLI_STAGES", ()):
+        # The pipeline's stages give the positional argument its own meaning (RUN_DIR, a recipe).
         return _guard(stage, lambda: custom(rest, stage))
     try:
-        path, overrides, flags = split_args(rest)
-        if "--help-config" in flags or "-h" in rest or "--help" in flags:
-            print(f"posttrain {stage}: config keys\n")
+        path, overrides, want_help = parse_argv(rest, cls, getattr(module, "FLAG_ALIASES", None))
+        if want_help:
+            print(f"usage: posttrain {stage} [config.yaml] [key=value ...] [--key value ...]\n")
+            print(f"posttrain {stage}: config keys (each also a --flag, dashes for underscores)\n")
             print("\n".join(describe(cls)))
             return 0
         cfg = load_config(cls, path, overrides)

@@ -229,3 +229,81 @@ def describe(cls, prefix: str = "") -> list[str]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>")
         lines.append(f"{prefix}{f.name} = {default!r}  ({_type_name(tp)}) {f.metadata.get('doc', '')}")
     return lines
+
+
+HELP_FLAGS = ("-h", "--help", "--help-config")
+
+
+def _key_type(cls, key: str) -> Any:
+    """The annotated type at a dotted key path, or raise a ConfigError listing the valid keys."""
+    node: Any = cls
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            return Any  # below a mapping field (e.g. data.gsm8k): any name
+        fields = _fields(node)
+        if part not in fields:
+            where = ".".join(parts[:i])
+            valid = ", ".join("--" + k.replace("_", "-") for k in sorted(fields))
+            raise ConfigError(f"unknown flag --{key.replace('_', '-')}; valid{' under ' + where if where else ''}: "
+                              f"{valid}")
+        node = _hints(node)[part]
+    return node
+
+
+def _is_bool(tp: Any) -> bool:
+    return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                          and bool in typing.get_args(tp) and len(typing.get_args(tp)) <= 2)
+
+
+def parse_argv(argv: list[str], cls, aliases: dict[str, str] | None = None
+               ) -> tuple[str | None, list[str], bool]:
+    """`[config.yaml] [key=value ...] [--key value | --key=value ...]` -> (path, overrides, help?).
+
+    Every `--flag` is the config key of the same name, dashes for underscores and dots for
+    sections (`--max-new-tokens 64`, `--train.lr=1e-4`); a bool key takes no value (`--overwrite`,
+    `--no-progress`); a mapping key takes `NAME=VALUE` (`--data gsm8k=path.jsonl`). `aliases`
+    maps extra flag names to keys. Flags and `key=value` mix freely; later ones win.
+    """
+    aliases = aliases or {}
+    path, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in HELP_FLAGS:
+            return path, overrides, True
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            negated = name.startswith("no-") and not eq
+            key = aliases.get(name) or name.replace("-", "_")
+            if negated and name not in aliases:
+                bare = name[3:].replace("-", "_")
+                try:
+                    negatable = _is_bool(_key_type(cls, bare))
+                except ConfigError:
+                    negatable = False
+                if negatable:
+                    overrides.append(f"{bare}=false")
+                    continue
+            tp = _key_type(cls, key)
+            if _is_bool(tp) and not eq:
+                overrides.append(f"{key}=true")
+                continue
+            if not eq:
+                if i >= len(argv) or argv[i] in HELP_FLAGS:
+                    raise ConfigError(f"flag --{name} needs a value")
+                value, i = argv[i], i + 1
+            if typing.get_origin(tp) is dict:
+                sub, sep, item = value.partition("=")
+                if not sep or not sub:
+                    raise ConfigError(f"--{name} takes NAME=VALUE, got {value!r}")
+                overrides.append(f"{key}.{sub}={item}")
+            else:
+                overrides.append(f"{key}={value}")
+        elif "=" in arg:
+            overrides.append(arg)
+        elif path is None:
+            path = arg
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: give one config file, key=value overrides or --flags")
+    return path, overrides, False

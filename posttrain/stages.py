@@ -11,7 +11,6 @@ import importlib.util
 from types import ModuleType
 from typing import Callable, NamedTuple
 
-from posttrain.config import ConfigError
 
 
 class StageEntry(NamedTuple):
@@ -35,7 +34,7 @@ OPTIONAL: dict[str, StageEntry] = {
     "decontaminate": StageEntry("posttrain.curation.decontam", "DecontamConfig", "run_decontaminate",
                                 "n-gram decontamination of training prompts against eval sets"),
     "mixture": StageEntry("posttrain.data.mixture", "MixtureConfig", "build_mixture", "build a data mixture"),
-    "serve": StageEntry("posttrain.rollout.server", "ServeConfig", "main",
+    "serve": StageEntry("posttrain.generation.server", "ServeConfig", "main",
                         "OpenAI-compatible server over a checkpoint"),
     "synth": StageEntry("posttrain.curation.synth", "SynthConfig", "main",
                         "persona-driven synthetic prompts and responses"),
@@ -66,18 +65,3 @@ def resolve(stage: str) -> tuple[ModuleType, type, Callable]:
     spec = stages()[stage]
     module = importlib.import_module(spec.module)
     return module, getattr(module, spec.config_cls), getattr(module, spec.entry)
-
-
-def split_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """-> (config path or None, key=value overrides, flags)."""
-    path, overrides, flags = None, [], []
-    for a in args:
-        if a.startswith("--"):
-            flags.append(a)
-        elif "=" in a:
-            overrides.append(a)
-        elif path is None:
-            path = a
-        else:
-            raise ConfigError(f"unexpected argument {a!r}: give one config file and key=value overrides")
-    return path, overrides, flags

@@ -88,7 +88,7 @@ def check_correctness(model, prompts, args) -> list[str]:
     then CUDA-graph decode vs eager decode."""
     import copy
 
-    from posttrain.rollout import Engine, SamplingParams
+    from posttrain.generation import Engine, SamplingParams
 
     errors = []
     sub = prompts[:8]
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import transformers
 
-    from posttrain.rollout import Engine, SamplingParams
+    from posttrain.generation import Engine, SamplingParams
 
     if torch.device(args.device).type == "cuda":
         if not torch.cuda.is_available():

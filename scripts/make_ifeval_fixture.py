@@ -18,7 +18,7 @@ import torch
 
 from posttrain.data.io import write_jsonl_atomic
 from posttrain.models import load_model, load_tokenizer
-from posttrain.tasks import get_task, render_prompt
+from posttrain.evaluation.tasks import get_task, render_prompt
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ifeval" / "smollm2_responses.jsonl"
 

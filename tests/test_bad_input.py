@@ -14,7 +14,7 @@ from posttrain.data.chat import load_conversations
 from posttrain.data.io import DataError, LoadStats, load_rows, read_records
 from posttrain.data.preference import PreferenceData, build_preference_splits, load_preferences
 from posttrain.data.rlvr import load_rlvr_rows
-from posttrain.tasks.verifiable import VerifiableTask
+from posttrain.evaluation.tasks.verifiable import VerifiableTask
 
 CONV = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 PAIR = {"prompt": "hi", "chosen": "hello there", "rejected": "go away"}
@@ -201,7 +201,7 @@ def test_valid_ground_truths_still_load(tmp_path):
 
 def test_gsm8k_answer_keeps_its_sign(tmp_path):
     # The reward compares signed numbers: "#### -7" must reward "-7", not "7".
-    from posttrain.tasks.rewards import verify
+    from posttrain.evaluation.tasks.verifiers import verify
 
     row = load_rlvr_rows(str(jsonl(tmp_path / "g.jsonl", {"question": "q?", "answer": "so\n#### -7"})))[0]
     assert row.ground_truth == "-7" and verify("It is -7", "gsm8k", row.ground_truth) == 1.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from posttrain.config import load_config
+from posttrain.data.text import UNICODE_WHITESPACE
 from posttrain.curation.decontam import (
-    UNICODE_WHITESPACE,
     DecontamConfig,
     EvalSet,
     build_index,

@@ -8,10 +8,21 @@ from pathlib import Path
 import pytest
 
 from conftest import shared, subprocess_env
-from posttrain.recipes.eval import EvalConfig, cli, evaluate, parse_cli
-from posttrain.rollout import Completion, Engine
-from posttrain.tasks import get_task, render_prompt
-from posttrain.tasks.minerva_math import MathScorer, MathTask
+from posttrain.config import parse_argv
+from posttrain.recipes.eval import FLAG_ALIASES, EvalConfig, evaluate
+from posttrain.generation import Completion, Engine
+from posttrain.evaluation.tasks import get_task, render_prompt
+from posttrain.evaluation.tasks.minerva_math import MathScorer, MathTask
+
+def cli(argv):
+    from posttrain.cli import main
+
+    return main(["eval", *argv])
+
+
+def parse_cli(argv):
+    return parse_argv(argv, EvalConfig, FLAG_ALIASES)
+
 
 ROW_FIELDS = {"task", "id", "prompt", "output", "extracted", "scores", "finish_reason", "num_tokens"}
 
@@ -88,7 +99,7 @@ def test_cli_writes_rows_summary_and_table(tiny_model_dir, tokenizer, tmp_path, 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded for a finished run")
 
-    monkeypatch.setattr("posttrain.recipes.eval.load_eval_model", no_model)
+    monkeypatch.setattr("posttrain.evaluation.runner.load_eval_model", no_model)
     assert cli(["--model", tiny_model_dir, "--tasks", "ifeval", "--limit", "3", "--output-dir", str(out),
                 "--max-new-tokens", "4", "--no-progress"]) == 0
     again = json.loads((out / "summary.json").read_text())

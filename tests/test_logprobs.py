@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from posttrain.train.logprobs import entropy_from_logits, segment_sum, sequence_logprobs, token_logprobs
+from posttrain.losses.logprobs import entropy_from_logits, segment_sum, sequence_logprobs, token_logprobs
 
 
 def test_token_logprobs_hand_values():

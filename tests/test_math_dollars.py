@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from posttrain.tasks import get_task
-from posttrain.tasks.math_answers import without_currency
-from posttrain.tasks.minerva_math import MathScorer
-from posttrain.tasks.rewards import verify
+from posttrain.evaluation.tasks import get_task
+from posttrain.evaluation.tasks.math_answers import without_currency
+from posttrain.evaluation.tasks.minerva_math import MathScorer
+from posttrain.evaluation.tasks.verifiers import verify
 
 
 @pytest.mark.parametrize(

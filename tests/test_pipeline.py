@@ -11,9 +11,10 @@ import pytest
 import posttrain.recipes.pipeline as pipeline
 from conftest import REPO, shared
 from posttrain.cli import main as cli_main
-from posttrain.config import load_config
+from posttrain.config import apply_overrides, load_config
 from posttrain.recipes.pipeline import PipelineConfig, run_pipeline
 from posttrain.report import eval_table
+from posttrain.stages import resolve
 
 
 def test_eval_table_deltas():
@@ -41,6 +42,7 @@ def _fake_stages(monkeypatch, prefs_result=None):
 
     def stage_config(cfg, stage, extra):
         calls.append((stage, list(extra)))
+        apply_overrides({}, extra, resolve(stage)[1])  # every key the pipeline sets exists in the stage's config
         ov = dict(x.split("=", 1) for x in extra)
 
         def run(_):
@@ -48,13 +50,18 @@ def _fake_stages(monkeypatch, prefs_result=None):
                 (Path(ov["out_dir"]) / "filtered").mkdir(parents=True, exist_ok=True)
                 (Path(ov["out_dir"]) / "filtered" / "sft0.jsonl").write_text("{}\n")
             elif stage == "prefs":
-                return prefs_result
+                calls.append(("prefs.policy", vars(policy).copy()))
+                if prefs_result:
+                    (Path(ov["out_dir"]) / "preferences.jsonl").parent.mkdir(parents=True, exist_ok=True)
+                    (Path(ov["out_dir"]) / "preferences.jsonl").write_text(prefs_result)
             else:
                 (Path(ov["run.output_dir"]) / "final").mkdir(parents=True, exist_ok=True)
                 (Path(ov["run.output_dir"]) / "final" / "config.json").write_text("{}")
             return 0
 
-        return SimpleNamespace(data=SimpleNamespace(paths=["a.jsonl", "b.jsonl"]), train={}), run
+        return SimpleNamespace(data=SimpleNamespace(paths=["a.jsonl", "b.jsonl"]), train={}, policy=policy), run
+
+    policy = SimpleNamespace(base_url=None, checkpoint="smollm2-135m", chat_template="model")
 
     monkeypatch.setattr(pipeline, "_stage_config", stage_config)
     monkeypatch.setattr(pipeline, "run_evals", lambda cfg, out, models, infos: calls.append(("eval", models)) or {})
@@ -62,7 +69,7 @@ def _fake_stages(monkeypatch, prefs_result=None):
 
 
 def test_stage_table_chains_artefacts_and_restores_them_from_done(tmp_path, monkeypatch, capsys):
-    calls = _fake_stages(monkeypatch, prefs_result="prefs/preferences.jsonl")
+    calls = _fake_stages(monkeypatch, prefs_result='{"chosen": [], "rejected": []}\n')
     out = tmp_path / "run"
     cfg = load_config(PipelineConfig, None, [f"output_dir={out}", "prefs.enabled=true"])
     run_pipeline(cfg)
@@ -71,12 +78,16 @@ def test_stage_table_chains_artefacts_and_restores_them_from_done(tmp_path, monk
                             f"run.output_dir={out / 'sft'}", "run.resume=false",
                             f"data.paths=[{out / 'decontaminate' / 'filtered' / 'sft0.jsonl'}]"]
     assert train["dpo"][0] == f"model.name_or_path={out / 'sft' / 'final'}"
-    assert train["dpo"][-1] == "data.paths=[prefs/preferences.jsonl]"
+    pairs = out / "prefs" / "preferences.jsonl"
+    assert train["dpo"][-1] == f"data.paths=[{pairs}]"
+    # on-policy: the prefs stage answers with the SFT model, into its own stage directory
+    assert ("prefs", [f"out_dir={out / 'prefs'}"]) in calls
+    assert dict(calls)["prefs.policy"]["checkpoint"] == str(out / "sft" / "final")
     assert train["rlvr"][0] == f"model.name_or_path={out / 'dpo' / 'final'}"
     assert not any(o.startswith("data.") for o in train["rlvr"])
     assert json.loads((out / "decontaminate" / "DONE.json").read_text())["sft_data"] == \
         [str(out / "decontaminate" / "filtered" / "sft0.jsonl")]
-    assert json.loads((out / "prefs" / "DONE.json").read_text())["dpo_data"] == ["prefs/preferences.jsonl"]
+    assert json.loads((out / "prefs" / "DONE.json").read_text())["dpo_data"] == [str(pairs)]
     assert json.loads((out / "sft" / "DONE.json").read_text())["model"] == str(out / "sft" / "final")
     models = {"base": "smollm2-135m", **{s: str(out / s / "final") for s in ("sft", "dpo", "rlvr")}}
     assert calls[-1] == ("eval", models)

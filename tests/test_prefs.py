@@ -18,7 +18,7 @@ from posttrain.curation.llm_client import EndpointConfig
 from posttrain.curation.onpolicy import (ASPECTS, JUDGE_RETRY, PrefsConfig, Rated, binarize, parse_ratings,
                                          prompt_messages, run_prefs)
 from posttrain.data.preference import load_preferences
-from posttrain.rollout.server import ServerHandle
+from posttrain.generation.server import ServerHandle
 from conftest import REPO, subprocess_env
 
 FOUR = {"helpfulness": 4.0, "instruction_following": 3.0, "honesty": 5.0, "truthfulness": 2.0}

@@ -8,7 +8,7 @@ from conftest import shared
 from posttrain.data.io import DataError
 from posttrain.data.rlvr import (CONSTRAINTS, arithmetic_problems, arithmetic_row, constraint_rows, drop_overlapping,
                                  generic_prompts, load_rlvr_rows, main, split_held_out)
-from posttrain.tasks.rewards import verify
+from posttrain.evaluation.tasks.verifiers import verify
 
 
 def test_tulu_sample_rows_load_and_verify():

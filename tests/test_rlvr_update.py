@@ -11,7 +11,7 @@ from conftest import tiny_model
 from posttrain.rl.buffer import TrainSamples, per_sample_to_tokens
 from posttrain.rl.update import (PassSettings, PolicyLoss, policy_update, response_logprobs, response_values,
                                  score_logprobs, value_update)
-from posttrain.rollout import Engine, SamplingParams
+from posttrain.generation import Engine, SamplingParams
 
 
 @pytest.fixture(scope="module")

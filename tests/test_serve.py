@@ -11,10 +11,11 @@ import httpx
 import pytest
 import torch
 
-from posttrain.rollout import Engine, SamplingParams
-from posttrain.rollout.sampling import sequence_key
+from posttrain.generation import Engine, SamplingParams
+from posttrain.generation.sampling import sequence_key
 from posttrain.config import ConfigError, load_config
-from posttrain.rollout.server import Batcher, ChatService, ServeConfig, ServerHandle, batch_seed, text_pieces
+from posttrain.generation.openai_api import text_pieces
+from posttrain.generation.server import Batcher, ChatService, ServeConfig, ServerHandle, batch_seed
 
 NAME = "tiny-chat"
 
@@ -299,7 +300,7 @@ def test_batch_seed_reproduces_the_stream_of_prompt_zero(index):
 
 def _fake_run(prompts, params):
     """Stands in for Engine.generate: echoes each prompt's tokens; prompt [666] fails the batch."""
-    from posttrain.rollout.engine import Completion
+    from posttrain.generation.engine import Completion
 
     if [666] in prompts:
         raise ValueError("poisoned prompt")
@@ -390,7 +391,7 @@ class GateEngine:
         self.gate, self.ran = threading.Event(), []
 
     def generate(self, prompts, params):
-        from posttrain.rollout.engine import Completion
+        from posttrain.generation.engine import Completion
 
         self.gate.wait(30)
         self.ran.append(len(prompts))

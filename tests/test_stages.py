@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO, subprocess_env
-from posttrain.stages import OPTIONAL, STAGES, resolve, split_args, stages
+from posttrain.config import ConfigError, load_config, parse_argv
+from posttrain.stages import OPTIONAL, STAGES, resolve, stages
 
 
 def test_every_registered_stage_resolves():
@@ -60,12 +61,42 @@ def test_cli_and_pipeline_do_not_import_each_other():
 def test_cli_still_exposes_the_registry():
     from posttrain import cli
 
-    assert cli.STAGES is STAGES and cli.split_args is split_args
+    assert cli.STAGES is STAGES
 
 
-def test_split_args():
-    assert split_args(["cfg.yaml", "a=1", "--help-config", "b.c=[x,y]"]) == \
-        ("cfg.yaml", ["a=1", "b.c=[x,y]"], ["--help-config"])
+def test_parse_argv_maps_every_flag_to_its_config_key():
+    from posttrain.recipes.eval import FLAG_ALIASES, EvalConfig
+    from posttrain.recipes.sft import SFTConfig
+
+    assert parse_argv(["cfg.yaml", "a=1", "b.c=[x,y]"], SFTConfig) == ("cfg.yaml", ["a=1", "b.c=[x,y]"], False)
+    assert parse_argv(["x.yaml", "--help-config"], SFTConfig)[2] is True
+    # sections with dots, dashes for underscores, --k=v and --k v, bools with and without a value
+    path, ov, _ = parse_argv(["--optim.lr=1e-4", "--train.max-steps", "3", "--run.resume",
+                              "--no-run.progress", "--run.progress=false"], SFTConfig)
+    assert (path, ov) == (None, ["optim.lr=1e-4", "train.max_steps=3", "run.resume=true", "run.progress=false",
+                                 "run.progress=false"])
+    cfg = load_config(SFTConfig, None, ov + ["data.paths=[x.jsonl]"])
+    assert (cfg.optim.lr, cfg.train.max_steps, cfg.run.resume, cfg.run.progress) == (1e-4, 3, True, False)
+    # mappings take NAME=VALUE; aliases; the eval spellings of #13 still work
+    _, ov, _ = parse_argv(["--data", "gsm8k=/x.jsonl", "--out", "o", "--no-progress", "--overwrite",
+                           "--tasks", "gsm8k,ifeval"], EvalConfig, FLAG_ALIASES)
+    assert ov == ["data.gsm8k=/x.jsonl", "output_dir=o", "progress=false", "overwrite=true", "tasks=gsm8k,ifeval"]
+    with pytest.raises(ConfigError, match=r"unknown flag --optim.bogus; valid under optim: .*--lr"):
+        parse_argv(["--optim.bogus", "1"], SFTConfig)
+    with pytest.raises(ConfigError, match=r"unknown flag --nope; valid: .*--train"):
+        parse_argv(["--nope"], SFTConfig)
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_argv(["--optim.lr"], SFTConfig)
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_argv(["--data", "gsm8k"], EvalConfig)
     with pytest.raises(ValueError, match="unexpected argument"):
-        split_args(["one.yaml", "two.yaml"])
+        parse_argv(["one.yaml", "two.yaml"], SFTConfig)
+
+
+def test_every_stage_takes_flags_on_the_command_line(capsys):
+    from posttrain.cli import main
+
+    assert main(["sft", "--nonsense-flag", "1"]) == 2
+    assert "unknown flag --nonsense-flag" in capsys.readouterr().err
+    assert main(["eval", "--help"]) == 0 and "--key value" in capsys.readouterr().out
 

@@ -13,8 +13,8 @@ from posttrain.config import load_config
 from posttrain.curation.llm_client import EndpointConfig, derive_seed
 from posttrain.curation.synth import (CONSTRAINT_TYPES, Constraint, SynthConfig, clean_generated_prompt,
                                       constrained_prompt, dedup, pick_constraints, rlvr_row, run_synth)
-from posttrain.tasks.rewards import verifiable_reward, verify
-from posttrain.tasks.rlvr_constraints import parse_constraint
+from posttrain.evaluation.tasks.verifiers import verifiable_reward, verify
+from posttrain.evaluation.tasks.rlvr_constraints import parse_constraint
 from conftest import REPO
 
 
@@ -153,7 +153,7 @@ def test_synth_end_to_end_and_resume(tmp_path, tiny_dir):
 
     # each SFT row holds the response the served model gives its own prompt with its seed
     from posttrain.models import load_model, load_tokenizer
-    from posttrain.rollout import Engine, SamplingParams
+    from posttrain.generation import Engine, SamplingParams
 
     tok = load_tokenizer(tiny_dir)
     engine = Engine(load_model(tiny_dir), tok)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.tasks import get_task
-from posttrain.tasks.gsm8k import (
+from posttrain.evaluation.tasks import get_task
+from posttrain.evaluation.tasks.gsm8k import (
     FEWSHOT,
     build_messages,
     exact_match,
@@ -59,7 +59,7 @@ def test_load_render_and_settings():
     assert first.ground_truth == "18"
     assert first.assistant_prefix == "Answer:"
     assert first.messages[-1]["content"].startswith("Question: Janet\u2019s ducks lay 16 eggs per day.")
-    from posttrain.tasks import render_prompt
+    from posttrain.evaluation.tasks import render_prompt
 
     prompt = render_prompt(_TemplateTokenizer(), first)
     assert prompt.startswith("<|user|>\nQuestion: There are 15 trees")
@@ -134,7 +134,7 @@ def test_reward_keeps_sign_and_compares_strings():
 
 
 def test_render_with_the_embedded_chat_template(tokenizer):
-    from posttrain.tasks import render_prompt
+    from posttrain.evaluation.tasks import render_prompt
 
     sample = get_task("gsm8k").load(limit=1)[0]
     prompt = render_prompt(tokenizer, sample)

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.tasks import get_task
-from posttrain.tasks.ifeval import evaluate_response, loose_variants
-from posttrain.tasks.ifeval_checks import (
+from posttrain.evaluation.tasks import get_task
+from posttrain.evaluation.tasks.ifeval import evaluate_response, loose_variants
+from posttrain.evaluation.tasks.ifeval_checks import (
     INSTRUCTIONS,
     build_checker,
     count_bullet_lines,
     count_placeholders,
     has_title,
 )
-from posttrain.tasks.punkt_offline import sent_tokenize, word_tokenize, write_punkt_tab
+from posttrain.evaluation.tasks.punkt_offline import sent_tokenize, word_tokenize, write_punkt_tab
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ifeval" / "input_data.jsonl"

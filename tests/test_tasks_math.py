@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.tasks import get_task
-from posttrain.tasks.math_answers import (
+from posttrain.evaluation.tasks import get_task
+from posttrain.evaluation.tasks.math_answers import (
     REMOVED_EXPRESSIONS,
     SUBSTITUTIONS,
     flex_candidates,
@@ -25,8 +25,8 @@ from posttrain.tasks.math_answers import (
     remove_boxed,
     strip_string,
 )
-from posttrain.tasks.minerva_math import FEWSHOT, MathScorer, MathTask, build_messages
-from posttrain.tasks.symbolic import symbolic_equal
+from posttrain.evaluation.tasks.minerva_math import FEWSHOT, MathScorer, MathTask, build_messages
+from posttrain.evaluation.tasks.symbolic import symbolic_equal
 
 REPO = Path(__file__).resolve().parents[1]
 MATH500 = REPO.parent / "shared" / "data" / "math500" / "test.jsonl"

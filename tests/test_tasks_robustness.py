@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from posttrain.tasks import get_task
-from posttrain.tasks.ifeval_checks import detect_language
-from posttrain.tasks.minerva_math import MathScorer
-from posttrain.tasks.punkt_offline import word_tokenize
-from posttrain.tasks.rewards import verify
-from posttrain.tasks.symbolic import Deadline, SymbolicChecker, default_checker, symbolic_equal
+from posttrain.evaluation.tasks import get_task
+from posttrain.evaluation.tasks.ifeval_checks import detect_language
+from posttrain.evaluation.tasks.minerva_math import MathScorer
+from posttrain.evaluation.tasks.punkt_offline import word_tokenize
+from posttrain.evaluation.tasks.verifiers import verify
+from posttrain.evaluation.tasks.symbolic import Deadline, SymbolicChecker, default_checker, symbolic_equal
 
 BOUND_S = 2.0
 MB10 = 10_000_000

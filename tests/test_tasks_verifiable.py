@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from posttrain.tasks import get_task
-from posttrain.tasks.rewards import verifiable_reward
+from posttrain.evaluation.tasks import get_task
+from posttrain.evaluation.tasks.verifiers import verifiable_reward
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Name a fruit. Do not use any commas anywhere in your answer."}],

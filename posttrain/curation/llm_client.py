@@ -85,7 +85,7 @@ class LocalServer:
 
     def base_url(self) -> str:
         """Start the server if needed (blocking) and return its URL."""
-        from posttrain.rollout.server import ServeConfig, start_server
+        from posttrain.generation.server import ServeConfig, start_server
 
         with self._lock:
             if self._handle is None:

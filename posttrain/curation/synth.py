@@ -8,7 +8,7 @@ a second call writes each response. Skills: `math` (hard word problems), `gsm` (
 math), `code` (programming tasks) and `if` (requests with verifiable constraints). For `if` the
 constraints are drawn here, not by the model: their wording is appended to the generated request,
 and the row's `ground_truth` names the checker and its arguments (the Tülu 3 RLVR format,
-`dataset: "ifeval"`), so `posttrain.tasks.rewards.verify` grades it.
+`dataset: "ifeval"`), so `posttrain.evaluation.tasks.verifiers.verify` grades it.
 
 Outputs in `out_dir`: `sft.jsonl` (messages), `rlvr.jsonl` (constraint prompts with ground truth),
 `prompts.jsonl` (every generated prompt with what happened to it), `stats.json`, and `cache.jsonl`,
@@ -71,7 +71,7 @@ SKILLS: dict[str, Skill] = {
 }
 
 # ----------------------------------------------------------------------------------- constraints
-# Each constraint names a checker of posttrain.tasks.rlvr_constraints (the Tülu 3 RLVR functions),
+# Each constraint names a checker of posttrain.evaluation.tasks.rlvr_constraints (the Tülu 3 RLVR functions),
 # draws its arguments, and says in words what the checker tests. The wording is ours.
 
 _KEYWORDS = ("balance", "journey", "signal", "harvest", "window", "pattern", "anchor", "garden", "ledger",
@@ -426,7 +426,7 @@ def _attach_prompt(job: Job, result: ChatResult | Exception, cfg: SynthConfig) -
 
 
 def _attach_response(job: Job, result: ChatResult | Exception, cfg: SynthConfig) -> None:
-    from posttrain.tasks.rewards import verify
+    from posttrain.evaluation.tasks.verifiers import verify
 
     if isinstance(result, Exception):
         job.status = "response_failed"

@@ -155,12 +155,8 @@ def _turn_end_token(tokenizer) -> str | None:
     return tokenizer.eos_token
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_length: int | None = None,
-                          too_long: Literal["raise", "skip", "truncate"] = "raise") -> TokenizedExample | None:
-    """Input ids and labels with loss only on assistant content and its end token."""
-    text, spans = assistant_char_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+def span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels = ids for tokens that start inside one of the (sorted) character spans, else ignored."""
     labels = [IGNORE_INDEX] * len(ids)
     j = 0
     for t, (s, e) in enumerate(offsets):
@@ -168,6 +164,16 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int | Non
             j += 1
         if j < len(spans) and s >= spans[j][0] and e > s:
             labels[t] = ids[t]
+    return labels
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int | None = None,
+                          too_long: Literal["raise", "skip", "truncate"] = "raise") -> TokenizedExample | None:
+    """Input ids and labels with loss only on assistant content and its end token."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = span_labels(ids, offsets, spans)
     if max_length is not None and len(ids) > max_length:
         if too_long == "raise":
             raise DataError(f"{len(ids)} tokens, longer than max_length={max_length}")

@@ -12,10 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, TypeVar
 
+from posttrain.config import field as cfg_field
+
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]
 SKIP_HINT = "  (set data.on_error=skip to drop such rows and count them)"
 _BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class DataFiles:
+    """The data section SFT and preference stages share: which files, how long a sequence may be,
+    and what happens to long or bad rows (each stage adds its own formats and fields)."""
+
+    paths: list[str] = cfg_field([], "training files (.jsonl/.json/.parquet), dataset dirs or hub names")
+    format: str = cfg_field("auto", "row format (auto: detected per file)")
+    max_length: int = cfg_field(2048, "maximum tokens of one sequence (prompt + response)")
+    too_long: Literal["raise", "skip", "truncate"] = cfg_field("raise", "longer rows: stop, drop and count, or cut")
+    on_error: OnError = cfg_field("raise", "bad rows: stop with an error, or drop and count")
+    limit: int | None = cfg_field(None, "use at most this many rows per source (for quick runs)")
 
 
 class DataError(ValueError):

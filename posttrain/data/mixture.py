@@ -262,7 +262,7 @@ def _normalise(value):
 def dedup_key(record: dict, mode: str, ignore: tuple[str, ...] = ("id", "source")) -> str:
     """Hash of a record's content with whitespace runs collapsed (case and punctuation are kept)."""
     if mode == "prompt":
-        from posttrain.curation.decontam import extract_prompts
+        from posttrain.data.text import extract_prompts
 
         content = [_normalise(p) for p in extract_prompts(record, None)]
     else:

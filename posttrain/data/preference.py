@@ -21,9 +21,9 @@ from typing import Callable, Iterable, Literal, Sequence
 import torch
 
 from posttrain.config import field as cfg_field
-from posttrain.data.chat import (IGNORE_INDEX, LoadStats, OnError, TokenizedExample, assistant_char_spans,
+from posttrain.data.chat import (LoadStats, OnError, TokenizedExample, assistant_char_spans, span_labels,
                                  validate_messages)
-from posttrain.data.io import DataError, load_rows
+from posttrain.data.io import DataError, DataFiles, load_rows
 from posttrain.data.packing import PackedBatch, pack
 
 TooLong = Literal["raise", "skip", "truncate"]
@@ -202,14 +202,7 @@ def _response_example(tokenizer, prompt: list[dict], response: list[dict]) -> To
     text, spans = assistant_char_spans(tokenizer, messages)
     spans = spans[sum(m["role"] == "assistant" for m in prompt):]  # earlier assistant turns are context
     ids, offsets = _encode_text(tokenizer, text)
-    labels = [IGNORE_INDEX] * len(ids)
-    j = 0
-    for t, (s, e) in enumerate(offsets):
-        while j < len(spans) and s >= spans[j][1]:
-            j += 1
-        if j < len(spans) and s >= spans[j][0] and e > s:
-            labels[t] = ids[t]
-    return TokenizedExample(ids, labels)
+    return TokenizedExample(ids, span_labels(ids, offsets, spans))
 
 
 def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int | None = None,
@@ -310,13 +303,8 @@ def last_non_pad_positions(batch: PackedBatch, pad_token_id: int | None) -> torc
 # ---------------------------------------------------------------- config and loading for recipes
 
 @dataclasses.dataclass
-class PreferenceData:
-    paths: list[str] = cfg_field([], "preference files (.jsonl/.json/.parquet), dataset dirs or hub names")
+class PreferenceData(DataFiles):
     format: str = cfg_field("auto", "auto, chosen_rejected, prompt_chosen_rejected, hh_rlhf")
-    max_length: int = cfg_field(2048, "maximum tokens of each side (prompt + response)")
-    too_long: Literal["raise", "skip", "truncate"] = cfg_field("raise", "longer pairs: stop, drop and count, or cut")
-    on_error: Literal["raise", "skip"] = cfg_field("raise", "bad rows: stop with an error, or drop and count")
-    limit: int | None = cfg_field(None, "use at most this many rows per source (for quick runs)")
     eval_paths: list[str] = cfg_field([], "held-out preference files for evaluation")
     eval_size: int = cfg_field(0, "hold out this many training pairs (seeded) for evaluation")
 

@@ -1,7 +1,7 @@
 """RLVR prompts: Tülu 3 rows (`messages`, `ground_truth`, `dataset`), converters and builders.
 
 A row is a prompt (chat turns ending with a user turn) plus what its verifier needs: `dataset`
-names the grader in `posttrain.tasks.rewards` and `ground_truth` is its argument. Besides RLVR
+names the grader in `posttrain.evaluation.tasks.verifiers` and `ground_truth` is its argument. Besides RLVR
 files, `load_rlvr_rows` reads GSM8K files (`question`/`answer`) and IFEval files (`prompt`,
 `instruction_id_list`, `kwargs`) directly. The builders make new rows: GSM8K train questions,
 single IFEval-style constraints over generic prompts (held out from the eval prompts by an 8-gram
@@ -27,7 +27,7 @@ GSM8K_INSTRUCTION = "Solve the problem step by step and give the final answer as
 class RLVRRow:
     messages: list[dict]  # the prompt: chat turns ending with a user turn
     ground_truth: Any
-    dataset: str | list[str]  # verifier name(s) in posttrain.tasks.rewards
+    dataset: str | list[str]  # verifier name(s) in posttrain.evaluation.tasks.verifiers
     source: str = ""  # file:line, for error messages
 
     def to_record(self) -> dict:
@@ -36,7 +36,7 @@ class RLVRRow:
     @property
     def verifier_key(self) -> str:
         """Name used for per-verifier metrics ("gsm8k", "ifeval", "gsm8k+math" for mixed rows)."""
-        from posttrain.tasks.rewards import ALIASES
+        from posttrain.evaluation.tasks.verifiers import ALIASES
 
         names = self.dataset if isinstance(self.dataset, list) else [self.dataset]
         return "+".join(ALIASES.get(str(d).strip().lower(), str(d).strip().lower()) for d in names)
@@ -45,7 +45,7 @@ class RLVRRow:
 # ---------------------------------------------------------------- record -> row
 
 def _check_dataset(dataset: Any, where: str) -> None:
-    from posttrain.tasks.rewards import get_verifier
+    from posttrain.evaluation.tasks.verifiers import get_verifier
 
     names = dataset if isinstance(dataset, list) else [dataset]
     if not names or not all(isinstance(d, str) for d in names):
@@ -75,7 +75,7 @@ def from_rlvr_record(rec: dict, where: str) -> RLVRRow:
 
 
 def from_gsm8k_record(rec: dict, where: str, instruction: str = GSM8K_INSTRUCTION) -> RLVRRow:
-    from posttrain.tasks.gsm8k import reward_label
+    from posttrain.evaluation.tasks.gsm8k import reward_label
 
     question, answer = rec.get("question"), rec.get("answer")
     if not isinstance(question, str) or not isinstance(answer, str) or "####" not in answer:
@@ -111,7 +111,7 @@ def row_from_record(rec: dict, where: str, gsm8k_instruction: str = GSM8K_INSTRU
         raise DataError(f"{where}: not an RLVR row: expected 'messages' + 'ground_truth' + 'dataset' "
                         f"(or GSM8K 'question'/'answer', or IFEval 'prompt'/'instruction_id_list'); "
                         f"fields present: {sorted(rec)}")
-    from posttrain.tasks.rewards import validate_ground_truth
+    from posttrain.evaluation.tasks.verifiers import validate_ground_truth
 
     try:
         validate_ground_truth(row.dataset, row.ground_truth)
@@ -135,7 +135,7 @@ def load_rlvr_rows(source: str, limit: int | None = None, on_error: Literal["rai
 # ---------------------------------------------------------------- held out from eval prompts
 
 def word_ngrams(text: str, n: int = 8) -> set[tuple[bytes, ...]]:
-    from posttrain.curation.decontam import tokenize
+    from posttrain.data.text import tokenize
 
     toks = tokenize(text)
     return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}

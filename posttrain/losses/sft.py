@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.train.logprobs import token_logprobs
+from posttrain.losses.logprobs import token_logprobs
 
 
 def token_nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from posttrain.config import describe, field, load_config
+from posttrain.config import describe, dump_config, field, load_config, parse_argv
 from posttrain.report import StageInfo, write_report
-from posttrain.stages import resolve, split_args
+from posttrain.stages import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,9 +138,13 @@ def _decontaminate(cfg: PipelineConfig, artefacts: dict) -> dict:
 
 
 def _prefs(cfg: PipelineConfig, artefacts: dict) -> dict:
-    pcfg, fn = _stage_config(cfg, "prefs", [f"output_dir={_dir(cfg, 'prefs')}"])
-    result = fn(pcfg)
-    return {"dpo_data": [str(result)] if result else []}
+    stage_dir = _dir(cfg, "prefs")
+    pcfg, fn = _stage_config(cfg, "prefs", [f"out_dir={stage_dir}"])
+    if not pcfg.policy.base_url:  # on-policy: the responses come from the model SFT just made
+        pcfg.policy.checkpoint, pcfg.policy.chat_template = artefacts["model"], cfg.chat_template
+    fn(pcfg)
+    pairs = stage_dir / "preferences.jsonl"
+    return {"dpo_data": [str(pairs)] if pairs.is_file() and pairs.stat().st_size else []}
 
 
 def _trainer(stage: str, data: str | None) -> Callable[[PipelineConfig, dict], dict]:
@@ -199,7 +203,7 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     main_rank = _rank() == 0
     if main_rank:
-        (out / "pipeline.yaml").write_text(_yaml(cfg))
+        dump_config(cfg, out / "pipeline.yaml")
     wanted = [s for s in ORDER if getattr(cfg, s).enabled and (not cfg.stages or s in cfg.stages)]
     unknown = [s for s in cfg.stages if s not in ORDER]
     if unknown:
@@ -242,7 +246,7 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
 
 
 def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInfo]) -> dict:
-    from posttrain.recipes.eval import evaluate
+    from posttrain.evaluation.runner import evaluate
 
     evals: dict[str, dict[str, float]] = {}
     t0 = time.time()
@@ -270,12 +274,6 @@ def _write_report(out: Path, title: str, base_model: str, infos: list[StageInfo]
 def _info(stage: str, stage_dir: Path, seconds: float | None, status: str) -> StageInfo:
     cfg_path = stage_dir / "config.yaml"
     return StageInfo(stage, stage_dir, seconds, status, cfg_path.read_text() if cfg_path.is_file() else "")
-
-
-def _yaml(cfg) -> str:
-    import yaml
-
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def main(cfg: PipelineConfig) -> Path:
@@ -326,9 +324,10 @@ CLI_STAGES = ("run", "demo", "report")
 
 
 def cli(argv: list[str], stage: str) -> int:
-    path, overrides, flags = split_args(argv)
-    if "--help-config" in flags or "--help" in flags:
-        print("\n".join(describe(ReportConfig if stage == "report" else PipelineConfig)))
+    cls = ReportConfig if stage == "report" else PipelineConfig
+    path, overrides, want_help = parse_argv(argv, cls)
+    if want_help:
+        print("\n".join(describe(cls)))
         return 0
     if stage == "report":
         # RUN_DIR is a directory, not a config file.

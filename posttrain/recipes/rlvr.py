@@ -36,13 +36,13 @@ from posttrain.rl.async_worker import AsyncRolloutWorker
 from posttrain.rl.buffer import TrainSamples, per_sample_to_tokens
 from posttrain.rl.config import (KLConfig, PPOConfig, RewardConfig, RLVRConfig, RLVRData, RLVREval,  # noqa: F401
                                  RLVRTrain, RolloutConfig)
-from posttrain.rl.evaluate import evaluate_prompts
+from posttrain.evaluation.heldout import evaluate_prompts
 from posttrain.rl.rewards import RewardModelScorer
 from posttrain.rl.rollouts import (Prompt, RolloutBatch, RolloutSettings, encode_prompts, generate_rollouts,
                                    merge_rollouts)
 from posttrain.rl.update import (PassSettings, PolicyLoss, policy_update, score_logprobs, score_values,
                                  value_update)
-from posttrain.rollout import Engine
+from posttrain.generation import Engine
 from posttrain.train.common import load_for_training
 from posttrain.train.dist import DistInfo
 from posttrain.train.loop import (Row, Run, Trainable, build_optimization, eval_every, finish, log_to, metrics_logger,
@@ -194,16 +194,8 @@ def main(cfg: RLVRConfig) -> Path:
     run = start_run(cfg, "rlvr")
     info, log = run.info, run.log
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)
-    prompts = load_prompts(cfg.data.paths, cfg.data, tokenizer, log, cfg.data.limit)
-    P, k = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
-    if len(prompts) < P:
-        raise ValueError(f"{len(prompts)} prompts but rollout.prompts_per_step={P}")
-    if P < info.world_size:
-        raise ValueError(f"rollout.prompts_per_step={P} is less than the {info.world_size} processes: every "
-                         f"rank samples at least one prompt")
-    eval_sets = {Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit) for p in cfg.eval.paths}
-    final_sets = {Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit)
-                  for p in cfg.eval.final_paths}
+    prompts, eval_sets, final_sets = load_all_prompts(cfg, tokenizer, info, log)
+    P = cfg.rollout.prompts_per_step
     steps_per_epoch = len(prompts) // P
     total_steps = cfg.train.max_steps or steps_per_epoch
 
@@ -218,9 +210,7 @@ def main(cfg: RLVRConfig) -> Path:
                       max_batch_size=cfg.rollout.engine_max_batch_size)
 
     engine = make_engine(m.generator)  # sync rollouts and evaluation
-    settings = RolloutSettings(k, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
-                               tuple(cfg.rollout.stop), cfg.reward.correct_value, cfg.reward.truncated_reward,
-                               cfg.reward.rm_weight, ignore_eos=cfg.rollout.ignore_eos)
+    settings = RolloutSettings.from_config(cfg.rollout, cfg.reward)
 
     def produce(eng, step: int, version: int) -> RolloutBatch:
         """This rank's share of the step's batch (all of it in one process)."""
@@ -228,14 +218,8 @@ def main(cfg: RLVRConfig) -> Path:
         return generate_rollouts(eng, prompts, idx, step, version, cfg.run.seed, settings, m.rm,
                                  shard=(info.rank, info.world_size))
 
-    worker = None
-    if cfg.rollout.mode == "async":
-        gen_engine = make_engine(frozen(copy.deepcopy(m.generator)))
-        worker = AsyncRolloutWorker(gen_engine.model, lambda _m, step, v: produce(gen_engine, step, v),
-                                    start_step=start_step, end_step=total_steps,
-                                    max_staleness=cfg.rollout.max_staleness,
-                                    weight_timeout_s=cfg.rollout.weight_sync_timeout_s,
-                                    batch_timeout_s=cfg.rollout.batch_timeout_s)
+    worker = async_worker(cfg, make_engine(frozen(copy.deepcopy(m.generator))), produce, start_step,
+                          total_steps) if cfg.rollout.mode == "async" else None
 
     # The loss and the step function are picked once, here.
     loss = PolicyLoss(cfg.train.eps_low, cfg.train.eps_high, cfg.train.tis_cap, cfg.kl.loss_beta, cfg.kl.estimator,
@@ -262,13 +246,7 @@ def main(cfg: RLVRConfig) -> Path:
         t2 = time.perf_counter()
         if info.is_main:
             append_samples(run.run_dir, batch.samples)
-        n, tokens = batch.num_samples, float(batch.response_lengths.sum())
-        return batch.stats() | stats | {
-            "lr": lr, "staleness": step - batch.policy_version, "samples_per_s": n / (t2 - t0),
-            "tokens_per_s": tokens / (t2 - t0), "time/generate_s": batch.gen_seconds,
-            "time/reward_s": batch.reward_seconds, "time/wait_s": t1 - t0, "time/train_s": t2 - t1,
-            "time/step_s": t2 - t0, "elapsed_s": time.time() - t_start,
-        }
+        return batch.stats() | stats | step_timing(batch, step, lr, t0, t1, t2) | {"elapsed_s": time.time() - t_start}
 
     logger = metrics_logger(run, cfg, total_steps, start_step)
     if info.is_main:
@@ -291,6 +269,37 @@ def main(cfg: RLVRConfig) -> Path:
     models = {"final": policy} | ({"final_value": m.parts[1].model} if len(m.parts) > 1 else {})
     return finish(run, tokenizer, models, {"algorithm": cfg.algorithm, "prompts": len(prompts)}, total_steps,
                   save_as={"final": m.generator if info.distributed else policy})
+
+
+def async_worker(cfg: RLVRConfig, gen_engine: Engine, produce, start_step: int, total_steps: int):
+    """A generator thread one policy version behind at most `max_staleness`, on its own engine copy."""
+    return AsyncRolloutWorker(gen_engine.model, lambda _m, step, v: produce(gen_engine, step, v),
+                              start_step=start_step, end_step=total_steps, max_staleness=cfg.rollout.max_staleness,
+                              weight_timeout_s=cfg.rollout.weight_sync_timeout_s,
+                              batch_timeout_s=cfg.rollout.batch_timeout_s)
+
+
+def load_all_prompts(cfg: RLVRConfig, tokenizer, info: DistInfo, log):
+    """-> (training prompts, held-out sets evaluated during training, sets evaluated at the end)."""
+    prompts = load_prompts(cfg.data.paths, cfg.data, tokenizer, log, cfg.data.limit)
+    P = cfg.rollout.prompts_per_step
+    if len(prompts) < P:
+        raise ValueError(f"{len(prompts)} prompts but rollout.prompts_per_step={P}")
+    if P < info.world_size:
+        raise ValueError(f"rollout.prompts_per_step={P} is less than the {info.world_size} processes: every "
+                         f"rank samples at least one prompt")
+    eval_sets, final_sets = ({Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit) for p in paths}
+                             for paths in (cfg.eval.paths, cfg.eval.final_paths))
+    return prompts, eval_sets, final_sets
+
+
+def step_timing(batch: RolloutBatch, step: int, lr: float, t0: float, t1: float, t2: float) -> dict[str, float]:
+    """Throughput and where the step's time went (t0 start, t1 batch ready, t2 update done)."""
+    n, tokens = batch.num_samples, float(batch.response_lengths.sum())
+    return {"lr": lr, "staleness": step - batch.policy_version, "samples_per_s": n / (t2 - t0),
+            "tokens_per_s": tokens / (t2 - t0), "time/generate_s": batch.gen_seconds,
+            "time/reward_s": batch.reward_seconds, "time/wait_s": t1 - t0, "time/train_s": t2 - t1,
+            "time/step_s": t2 - t0}
 
 
 def gather_batch(batch: RolloutBatch, info: DistInfo) -> RolloutBatch:

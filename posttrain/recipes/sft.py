@@ -15,6 +15,7 @@ from typing import Literal
 
 from posttrain.config import field
 from posttrain.data.chat import IGNORE_INDEX, LoadStats, load_conversations, tokenize_dataset
+from posttrain.data.io import DataFiles
 from posttrain.data.packing import pack, packed_forward, plan_micro_batches
 from posttrain.losses.sft import token_nll_sum
 from posttrain.models import load_tokenizer
@@ -28,13 +29,8 @@ from posttrain.train.parallel import parallelize
 
 
 @dataclasses.dataclass
-class SFTData:
-    paths: list[str] = field([], "training files (.jsonl/.json/.parquet), dataset dirs or hub names")
+class SFTData(DataFiles):
     format: str = field("auto", "auto, messages, sharegpt, prompt_completion")
-    max_length: int = field(2048, "maximum tokens per conversation")
-    too_long: Literal["raise", "skip", "truncate"] = field("raise", "what to do with longer conversations")
-    on_error: Literal["raise", "skip"] = field("raise", "bad rows: stop with an error, or drop and count")
-    limit: int | None = field(None, "use at most this many rows per source (for quick runs)")
 
     def validate(self):
         if not self.paths:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from posttrain.data.rlvr import RLVRRow
-from posttrain.tasks.rewards import verify
+from posttrain.evaluation.tasks.verifiers import verify
 
 
 def verifier_scores(texts: Sequence[str], rows: Sequence[RLVRRow]) -> Tensor:

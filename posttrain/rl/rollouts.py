@@ -18,7 +18,7 @@ from torch import Tensor
 from posttrain.data.chat import LoadStats
 from posttrain.data.rlvr import RLVRRow
 from posttrain.rl.rewards import accuracy_by_verifier, combine_rewards, verifier_scores
-from posttrain.rollout import Engine, SamplingParams
+from posttrain.generation import Engine, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,13 @@ class RolloutSettings:
     rm_weight: float = 0.0
     log_samples: int = 2
     ignore_eos: bool = False
+
+    @classmethod
+    def from_config(cls, rollout, reward) -> "RolloutSettings":
+        """From an RLVR config's `rollout` and `reward` sections (`rl/config.py`)."""
+        return cls(rollout.samples_per_prompt, rollout.max_new_tokens, rollout.temperature, rollout.top_p,
+                   tuple(rollout.stop), reward.correct_value, reward.truncated_reward, reward.rm_weight,
+                   ignore_eos=rollout.ignore_eos)
 
 
 def generate_rollouts(engine: Engine, prompts: Sequence[Prompt], indices: Sequence[int], step: int, version: int,

@@ -24,7 +24,7 @@ from posttrain.losses.pg import KLEstimator, kl_penalty, kl_regularized_loss, po
 from posttrain.losses.ppo import value_loss
 from posttrain.rl.buffer import GroupedRow, TrainSamples
 from posttrain.train.dist import DistInfo
-from posttrain.train.logprobs import entropy_from_logits, token_logprobs
+from posttrain.losses.logprobs import entropy_from_logits, token_logprobs
 from posttrain.train.loop import clip_and_step, padding_pass
 from posttrain.train.parallel import sync_grads_context
 from posttrain.train.refcache import reshard

@@ -10,6 +10,7 @@ resume would pick up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -43,12 +44,20 @@ def save_hf(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> 
     """Write a from_pretrained-loadable directory (atomic)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with _published(out_dir, out_dir.name + ".tmp-") as tmp:
         _write_hf(model, tokenizer, tmp, state_dict)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+
+
+@contextlib.contextmanager
+def _published(final: Path, prefix: str):
+    """Yield a fresh temporary directory beside `final`; on success it replaces `final`, on any
+    error (or a kill before the rename) `final` is untouched and the temporary is removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -73,17 +82,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     if not write:
         return final
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.tmp-", dir=ckpt_root))
-    try:
+    with _published(final, f".step_{step:06d}.tmp-") as tmp:
         _write_hf(model, tokenizer, tmp, state_dict)
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "posttrain_config.yaml").write_text(config_text)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep_last:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

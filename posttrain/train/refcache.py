@@ -23,7 +23,7 @@ from posttrain.data.chat import IGNORE_INDEX
 from posttrain.data.packing import PackedBatch, packed_forward, plan_micro_batches
 from posttrain.data.preference import TokenizedPair, pack_pairs
 from posttrain.train.dist import DistInfo, all_reduce_max
-from posttrain.train.logprobs import segment_sum, token_logprobs
+from posttrain.losses.logprobs import segment_sum, token_logprobs
 
 CACHE_VERSION = 1  # bump when the computation changes meaning
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.tasks.rewards import get_verifier, verifiable_reward, verify
-from posttrain.tasks.rlvr_constraints import CONSTRAINTS, constraint_reward, parse_constraint
+from posttrain.evaluation.tasks.verifiers import get_verifier, verifiable_reward, verify
+from posttrain.evaluation.tasks.rlvr_constraints import CONSTRAINTS, constraint_reward, parse_constraint
 
 REPO = Path(__file__).resolve().parents[1]
 RLVR = REPO.parent / "shared" / "data" / "rlvr" / "open_instruct_rlvr_sample.jsonl"

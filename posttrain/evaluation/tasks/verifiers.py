@@ -12,11 +12,11 @@ import inspect
 import json
 from typing import Any, Callable, Mapping
 
-from posttrain.tasks import gsm8k, ifeval
-from posttrain.tasks.base import as_text
-from posttrain.tasks.ifeval import IFEvalTask
-from posttrain.tasks.minerva_math import MathScorer
-from posttrain.tasks.rlvr_constraints import constraint_reward, parse_constraint
+from posttrain.evaluation.tasks import gsm8k, ifeval
+from posttrain.evaluation.tasks.base import as_text, shown
+from posttrain.evaluation.tasks.ifeval import IFEvalTask
+from posttrain.evaluation.tasks.minerva_math import MathScorer
+from posttrain.evaluation.tasks.rlvr_constraints import constraint_reward, parse_constraint
 
 Verifier = Callable[[str, Any], float]
 
@@ -33,7 +33,7 @@ def validate_math_ground_truth(ground_truth: Any) -> None:
     usable = isinstance(ground_truth, (str, int, float)) and not isinstance(ground_truth, bool)
     if not usable or not as_text(ground_truth).strip():
         raise ValueError(f'expected the final answer as a non-empty string (such as "\\frac{{1}}{{2}}") '
-                         f"or a number, got {_shown(ground_truth)}")
+                         f"or a number, got {shown(ground_truth)}")
 
 
 def ifeval_reward(completion: str, ground_truth: Any) -> float:
@@ -66,7 +66,7 @@ def validate_constraint_ground_truth(ground_truth: Any) -> None:
     try:
         func, args = parse_constraint(ground_truth)
     except TypeError:  # an unhashable func_name
-        raise ValueError(f"'func_name' must name a constraint function, got {_shown(ground_truth)}") from None
+        raise ValueError(f"'func_name' must name a constraint function, got {shown(ground_truth)}") from None
     params = inspect.signature(func).parameters
     for name, value in args.items():
         annotation = params[name].annotation
@@ -75,17 +75,10 @@ def validate_constraint_ground_truth(ground_truth: Any) -> None:
         if not wrong and annotation == "list[str]":
             wrong = not all(isinstance(v, str) for v in value)
         if wrong:
-            raise ValueError(f"{func.__name__}: argument '{name}' must be {annotation}, got {_shown(value)}")
+            raise ValueError(f"{func.__name__}: argument '{name}' must be {annotation}, got {shown(value)}")
     if "quantifier" in args and args["quantifier"] not in _QUANTIFIERS:
         raise ValueError(f"{func.__name__}: 'quantifier' must be one of {list(_QUANTIFIERS)}, "
-                         f"got {_shown(args['quantifier'])}")
-
-
-def _shown(value: Any) -> str:
-    try:  # rows are JSON: show null, not None
-        return json.dumps(value, ensure_ascii=False)[:80]
-    except (TypeError, ValueError):
-        return repr(value)[:80]
+                         f"got {shown(args['quantifier'])}")
 
 
 def _is_func_name(ground_truth: Any) -> bool:

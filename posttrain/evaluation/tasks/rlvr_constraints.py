@@ -17,8 +17,8 @@ import json
 import re
 from typing import Any, Callable
 
-from posttrain.tasks.base import as_text
-from posttrain.tasks.ifeval_checks import count_placeholders, detect_language
+from posttrain.evaluation.tasks.base import as_text
+from posttrain.evaluation.tasks.ifeval_checks import count_placeholders, detect_language
 
 
 def _quantified(count: int, n: int, quantifier: str, around: int) -> bool:
@@ -225,9 +225,9 @@ def parse_constraint(ground_truth: Any) -> tuple[Callable[..., bool], dict[str, 
 
 def constraint_reward(completion: str, ground_truth: Any) -> float:
     """1.0 if the completion (thinking section removed, stripped) satisfies the constraint."""
-    from posttrain.tasks.ifeval import strip_thinking
+    from posttrain.evaluation.tasks.ifeval import strip_thinking
 
-    from posttrain.tasks.ifeval import MAX_RESPONSE_CHARS
+    from posttrain.evaluation.tasks.ifeval import MAX_RESPONSE_CHARS
 
     func, args = parse_constraint(ground_truth)
     answer = strip_thinking(as_text(completion))

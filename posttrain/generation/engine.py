@@ -20,9 +20,9 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from posttrain.rollout.fast_llama import FastLlama, shared_prefix_len, fast_path_unsupported_reason
-from posttrain.rollout.hf_backend import HFBackend
-from posttrain.rollout.sampling import RowSettings, SamplingParams, sample_next, sequence_key
+from posttrain.generation.fast_llama import FastLlama, shared_prefix_len, fast_path_unsupported_reason
+from posttrain.generation.hf_backend import HFBackend
+from posttrain.generation.sampling import RowSettings, SamplingParams, sample_next, sequence_key
 
 FinishReason = Literal["stop", "length", "eos"]
 

@@ -1,6 +1,6 @@
 """Generation: the batched KV-cache engine (CPU/CUDA) used by eval, RLVR rollouts and the server."""
 
-from posttrain.rollout.engine import Completion, Engine, GenerationStats, generate
-from posttrain.rollout.sampling import SamplingParams
+from posttrain.generation.engine import Completion, Engine, GenerationStats, generate
+from posttrain.generation.sampling import SamplingParams
 
 __all__ = ["Completion", "Engine", "GenerationStats", "SamplingParams", "generate"]

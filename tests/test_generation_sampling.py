@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from posttrain.rollout.sampling import (RowSettings, SamplingParams, filter_top_k_top_p, inverse_cdf_sample, mix64,
+from posttrain.generation.sampling import (RowSettings, SamplingParams, filter_top_k_top_p, inverse_cdf_sample, mix64,
                                         row_uniform, sample_next, sequence_key)
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
@@ -142,6 +142,6 @@ def test_sampling_params_validation():
 
 def test_host_and_device_hash_agree():
     # sequence keys are hashed on the host with Python ints, noise on the device with int64 tensors
-    from posttrain.rollout.sampling import _GOLDEN, _mix64_int
+    from posttrain.generation.sampling import _GOLDEN, _mix64_int
     for x in (0, 7, 2**40 + 3, -5, 2**62):
         assert _mix64_int(x * _GOLDEN + 1) == mix64(torch.tensor([x], dtype=torch.int64) * _GOLDEN + 1).item()

@@ -10,23 +10,13 @@ GSM8KVerifier instead, which keeps the sign.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.tasks.base import (
-    GenerationConfig,
-    Sample,
-    as_text,
-    clip_tail,
-    iter_rows,
-    mean,
-    require_field,
-    shared_data_dir,
-    take,
-)
+from posttrain.evaluation.tasks.base import (GenerationConfig, Sample, as_text, clip_tail, fewshot_messages,
+                                             iter_rows, mean, require_field, shared_data_dir, shown, take)
 
 # (question, chain of thought) in the fixed order OLMES uses ("STD:GSM8k").
 FEWSHOT: tuple[tuple[str, str], ...] = (
@@ -93,14 +83,8 @@ def user_turn(question: str) -> str:
 
 
 def build_messages(question: str, num_shots: int = len(FEWSHOT)) -> list[dict[str, str]]:
-    if not 0 <= num_shots <= len(FEWSHOT):
-        raise ValueError(f"num_shots must be in [0, {len(FEWSHOT)}], got {num_shots}")
-    messages: list[dict[str, str]] = []
-    for q, cot in FEWSHOT[:num_shots]:
-        messages.append({"role": "user", "content": user_turn(q)})
-        messages.append({"role": "assistant", "content": ASSISTANT_PREFIX + " " + cot})
-    messages.append({"role": "user", "content": user_turn(question)})
-    return messages
+    shots = [(user_turn(q), ASSISTANT_PREFIX + " " + cot) for q, cot in FEWSHOT]
+    return fewshot_messages(shots, num_shots, user_turn(question))
 
 
 def _last_number(text: str, pattern: re.Pattern) -> str:
@@ -177,14 +161,7 @@ def validate_ground_truth(ground_truth: Any) -> None:
     label = _DIGIT_COMMA.sub(r"\1\2", as_text(ground_truth).strip()) if usable else ""
     if not _NUMBER_REWARD.fullmatch(label):
         raise ValueError(f'expected a number (a string such as "72" or "3,380", or a JSON number), '
-                         f"got {_shown(ground_truth)}")
-
-
-def _shown(value: Any) -> str:
-    try:  # rows are JSON: show null, not None
-        return json.dumps(value, ensure_ascii=False)[:80]
-    except (TypeError, ValueError):
-        return repr(value)[:80]
+                         f"got {shown(ground_truth)}")
 
 
 @dataclass

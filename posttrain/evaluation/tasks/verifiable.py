@@ -2,7 +2,7 @@
 
 Rows are the Tülu 3 RLVR format (`messages`, `ground_truth`, `dataset`), the same rows `posttrain
 rlvr` trains on, so a held-out split of an RL task is evaluated with exactly the reward the policy
-was trained with (`posttrain.tasks.rewards.verify`, dispatched on `dataset`). There is no default
+was trained with (`posttrain.evaluation.tasks.verifiers.verify`, dispatched on `dataset`). There is no default
 file: pass one (`posttrain eval --tasks verifiable --data verifiable=held_out.jsonl`).
 """
 
@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.tasks.base import GenerationConfig, Sample, as_text, iter_rows, mean, require_field, take
-from posttrain.tasks.rewards import get_verifier, validate_ground_truth, verify
+from posttrain.evaluation.tasks.base import GenerationConfig, Sample, as_text, iter_rows, mean, require_field, take
+from posttrain.evaluation.tasks.verifiers import get_verifier, validate_ground_truth, verify
 
 
 @dataclass

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.tasks.punkt_offline import sent_tokenize, word_tokenize
+from posttrain.evaluation.tasks.punkt_offline import sent_tokenize, word_tokenize
 
 RELATIONS = ("less than", "at least")
 CONSTRAINED_RESPONSES = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
@@ -154,16 +154,21 @@ def check_nth_paragraph_first_word(
 # detectable_content:*
 
 
+def _line_end(text: str, pos: int) -> int:
+    """Index of the newline ending the line that holds `pos` (len(text) on the last line)."""
+    newline = text.find("\n", pos)
+    return len(text) if newline < 0 else newline
+
+
 def count_placeholders(response: str) -> int:
     """len(re.findall(r"\\[.*?\\]", response)), scanning each line once."""
-    count, pos, eol, n = 0, 0, -1, len(response)
+    count, pos, eol = 0, 0, -1
     while True:
         p = response.find("[", pos)
         if p < 0:
             return count
         if p > eol:
-            eol = response.find("\n", p)
-            eol = n if eol < 0 else eol
+            eol = _line_end(response, p)
         q = response.find("]", p + 1, eol)
         if q < 0:
             pos = eol  # no "]" left on this line: no later "[" on it can match either
@@ -263,14 +268,13 @@ def check_json_format(response: str) -> bool:
 def has_title(response: str) -> bool:
     """any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\\n]+>>", response)),
     reading each line a bounded number of times."""
-    pos, eol, n = 0, -1, len(response)
+    pos, eol = 0, -1
     while True:
         p = response.find("<<", pos)
         if p < 0:
             return False
         if p > eol:
-            eol = response.find("\n", p)
-            eol = n if eol < 0 else eol
+            eol = _line_end(response, p)
         q = response.rfind(">>", p + 3, eol)  # greedy [^\n]+: the last ">>" on the line
         if q < 0:
             pos = eol

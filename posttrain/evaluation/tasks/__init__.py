@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from posttrain.tasks.base import GenerationConfig, Sample, Task, render_prompt
-from posttrain.tasks.gsm8k import GSM8KTask
-from posttrain.tasks.ifeval import IFEvalTask
-from posttrain.tasks.minerva_math import MathTask
-from posttrain.tasks.verifiable import VerifiableTask
+from posttrain.evaluation.tasks.base import GenerationConfig, LoglikOutput, Sample, Task, render_prompt
+from posttrain.evaluation.tasks.gsm8k import GSM8KTask
+from posttrain.evaluation.tasks.ifeval import IFEvalTask
+from posttrain.evaluation.tasks.minerva_math import MathTask
+from posttrain.evaluation.tasks.verifiable import VerifiableTask
 
 TASKS: dict[str, Callable[..., Task]] = {
     "gsm8k": GSM8KTask,
@@ -37,4 +37,4 @@ def get_task(name: str, **options: Any) -> Task:
     return TASKS[key](**options)
 
 
-__all__ = ["GenerationConfig", "Sample", "Task", "TASKS", "get_task", "render_prompt"]
+__all__ = ["GenerationConfig", "LoglikOutput", "Sample", "Task", "TASKS", "get_task", "render_prompt"]

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from posttrain.tasks.base import (
+from posttrain.evaluation.tasks.base import (
     GenerationConfig,
     Sample,
     as_text,
@@ -24,7 +24,7 @@ from posttrain.tasks.base import (
     shared_data_dir,
     take,
 )
-from posttrain.tasks.ifeval_checks import build_checker
+from posttrain.evaluation.tasks.ifeval_checks import build_checker
 
 # Far above what 2048 generated tokens can produce; past it a response is graded as following
 # nothing rather than spending minutes in the sentence tokenizer (see docs/EVAL_NOTES.md).

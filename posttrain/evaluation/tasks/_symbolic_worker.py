@@ -1,4 +1,4 @@
-"""Child side of `posttrain.tasks.symbolic`: a zygote that forks comparison workers.
+"""Child side of `posttrain.evaluation.tasks.symbolic`: a zygote that forks comparison workers.
 
 Run as a script (`python _symbolic_worker.py FD`) so it needs nothing from `posttrain`. The zygote
 imports sympy and math-verify once, warms them up, reports ready, then forks one worker per
@@ -21,8 +21,8 @@ import socket
 import struct
 import sys
 
-_HEADER = struct.Struct(">I")
-_PID = struct.Struct(">q")
+HEADER = struct.Struct(">I")
+PID = struct.Struct(">q")
 _WARMUP = (
     ("\\frac{1}{2}", "0.5"),
     ("2x-8", "12345.678"),
@@ -66,7 +66,7 @@ def _as_math(s: str) -> str:
     return s if "$" in s else "$" + s + "$"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     buf = b""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -79,10 +79,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 def serve(sock: socket.socket, equal) -> None:
     """Answer requests until the parent closes the socket."""
     while True:
-        header = _recv_exact(sock, _HEADER.size)
+        header = recv_exact(sock, HEADER.size)
         if header is None:
             return
-        body = _recv_exact(sock, _HEADER.unpack(header)[0])
+        body = recv_exact(sock, HEADER.unpack(header)[0])
         if body is None:
             return
         gold, pred, timeout_s = json.loads(body)
@@ -123,7 +123,7 @@ def zygote(control: socket.socket) -> None:
                     os._exit(0)
             os.close(fd)
             try:
-                control.sendall(_PID.pack(pid))
+                control.sendall(PID.pack(pid))
             except OSError:
                 return
 

@@ -1,0 +1,276 @@
+"""The evaluation runner: one task's samples -> prompts -> engine -> scored rows -> metrics.
+
+`evaluate(model, tokenizer, tasks, limit, out_dir)` is what `posttrain eval` and the pipeline call;
+`generate_rows` is the piece every caller shares, including RLVR's held-out evaluation
+(`evaluation/heldout.py`), so a training-time accuracy is computed by the same code as an eval.
+
+Per task: load the samples (fail fast on bad data before the model loads), render each prompt as
+`chat_template(messages, add_generation_prompt=True) + assistant_prefix`, skip ids already in
+`<task>.jsonl`, generate the rest greedily with the task's budget and stop strings (prompts
+sorted by length, one engine call per `flush_every` prompts), score every output with the task's
+own grader and append the rows. The summary is always recomputed from the JSONL, so a killed and
+resumed run reports exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from posttrain.evaluation.results import (append_rows, check_fingerprint, markdown_summary, meta_path,
+                                          read_meta, read_rows, rows_path, write_json_atomic)
+from posttrain.evaluation.tasks import TASKS, Sample, Task, get_task, render_prompt
+
+DEFAULT_TASKS = ("gsm8k", "math500", "ifeval")
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+
+def check_model_source(name: str) -> None:
+    """Fail in one line on a model that cannot exist, before transformers tries the network."""
+    from posttrain.models import EMBEDDED_MODELS
+
+    if name in EMBEDDED_MODELS:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model {name}: not a Hugging Face model directory (no config.json)")
+        return
+    if path.exists():
+        raise ValueError(f"model {name}: is a file; give a model directory, a hub id or an embedded model name")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name):
+        raise ValueError(f"model {name}: no such directory, and not a hub id (org/name) or an embedded "
+                         f"model ({', '.join(EMBEDDED_MODELS)})")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_eval_model(name: str, device: str = "auto", dtype: str = "auto"):
+    from posttrain.models import default_dtype, load_model, parse_dtype
+
+    dev = resolve_device(device)
+    model = load_model(name, dtype=default_dtype(dev) if dtype == "auto" else parse_dtype(dtype), device=dev)
+    return model.eval()
+
+
+def model_label(model_or_path: Any) -> str:
+    if isinstance(model_or_path, (str, Path)):
+        return str(model_or_path)
+    return str(getattr(getattr(model_or_path, "config", None), "_name_or_path", "") or "<in-memory model>")
+
+
+# -- one task --------------------------------------------------------------------------------------
+
+
+def sampling_params(task: Task, max_new_tokens: int | None, seed: int):
+    from posttrain.generation import SamplingParams
+
+    g = task.generation
+    return SamplingParams(max_new_tokens=max_new_tokens or g.max_new_tokens,
+                          temperature=g.temperature if g.do_sample else 0.0,
+                          top_p=g.top_p if g.do_sample else 1.0, n=g.num_samples, stop=tuple(g.stop),
+                          seed=seed, logprobs=False)
+
+
+def load_samples(task: Task, path: str | None, limit: int | None) -> list[Sample]:
+    try:
+        samples = task.load(path, limit)
+    except OSError as e:  # unreadable file, permissions, ...: one line naming the file
+        raise ValueError(f"{task.name}: cannot read data {e.filename or path}: {e.strerror or e}") from None
+    if not samples:
+        raise ValueError(f"{task.name}: no samples in {path or 'the default data file'}")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{task.name}: sample ids are not unique in {path or 'the default data file'}")
+    return samples
+
+
+def result_row(task: Task, sample: Sample, prompt: str, completion) -> dict:
+    scores = dict(task.score(sample, completion.text))
+    extracted = scores.pop("extracted", None)
+    return {"task": task.name, "id": sample.id, "prompt": prompt, "output": completion.text,
+            "extracted": extracted, "scores": scores, "finish_reason": completion.finish_reason,
+            "num_tokens": len(completion.token_ids), "ground_truth": sample.ground_truth}
+
+
+def generate_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str], token_ids: Sequence[list[int]],
+                  engine, params) -> tuple[list[dict], dict]:
+    """One engine call over these samples -> (one scored result row per sample, the call's stats)."""
+    t0 = time.perf_counter()
+    outs = engine.generate(list(token_ids), params)
+    seconds = time.perf_counter() - t0
+    assert len(outs) == len(samples) * params.n
+    rows = [result_row(task, s, p, o) for s, p, o in zip(samples, prompts, outs)]
+    call = {"samples": len(samples), "seconds": round(seconds, 3),
+            "prompt_tokens": sum(len(ids) for ids in token_ids),
+            "generated_tokens": sum(len(o.token_ids) for o in outs),
+            "score_s": round(time.perf_counter() - t0 - seconds, 3)}
+    return rows, call
+
+
+def summarize_task(task: Task, samples: list[Sample], rows: dict[str, dict], meta: dict) -> dict:
+    """Metrics recomputed from the stored rows of exactly these samples."""
+    missing = [s.id for s in samples if s.id not in rows]
+    assert not missing, f"{task.name}: no result rows for {missing[:3]}"
+    picked = [rows[s.id] for s in samples]
+    metrics = task.aggregate([r["scores"] for r in picked], samples)
+    gen_s = sum(c["seconds"] for c in meta.get("calls", []))
+    gen_tokens = sum(c["generated_tokens"] for c in meta.get("calls", []))
+    return {"primary_metric": task.primary_metric, "n": len(samples), "metrics": metrics,
+            "generated_tokens": sum(r["num_tokens"] for r in picked),
+            "finish_reasons": {k: sum(r["finish_reason"] == k for r in picked) for k in ("eos", "stop", "length")},
+            "generation_s": gen_s, "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0}
+
+
+def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: Path | None, *,
+             fingerprint: dict, max_new_tokens: int | None, seed: int, flush_every: int,
+             overwrite: bool, progress: bool, log) -> dict:
+    start = time.perf_counter()
+    rpath = rows_path(out_dir, task.name) if out_dir else None
+    mpath = meta_path(out_dir, task.name) if out_dir else None
+    if out_dir and overwrite:
+        rpath.unlink(missing_ok=True)
+        mpath.unlink(missing_ok=True)
+    meta = (read_meta(mpath) if mpath else None)
+    check_fingerprint(meta, fingerprint, mpath)
+    meta = meta or {"fingerprint": fingerprint, "calls": []}
+    rows = read_rows(rpath) if rpath else {}
+
+    prompts = {s.id: render_prompt(tokenizer, s) for s in samples}
+    for s in samples:
+        if s.id in rows and rows[s.id].get("prompt") != prompts[s.id]:
+            raise ValueError(f"{rpath}: the stored prompt of {s.id} differs from this run's (data or chat "
+                             f"template changed); use another output_dir or overwrite=true")
+    pending = [s for s in samples if s.id not in rows]
+    log(f"[eval] {task.name}: {len(samples)} samples, {len(samples) - len(pending)} already done, "
+        f"{len(pending)} to generate")
+    # Sorted by prompt length: each engine call sees similar lengths (less prefill padding).
+    token_ids = {s.id: tokenizer(prompts[s.id], add_special_tokens=False)["input_ids"] for s in pending}
+    pending.sort(key=lambda s: len(token_ids[s.id]))
+    params = sampling_params(task, max_new_tokens, seed)
+    if params.n != 1:
+        raise ValueError(f"{task.name}: num_samples={params.n}; eval scores one output per prompt")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=task.name, unit="sample",
+               disable=not progress or not pending, file=sys.stderr, dynamic_ncols=True)
+    for i in range(0, len(pending), flush_every):
+        chunk = pending[i:i + flush_every]
+        new, call = generate_rows(task, chunk, [prompts[x.id] for x in chunk], [token_ids[x.id] for x in chunk],
+                                  get_engine(), params)
+        meta["calls"].append(call)
+        if out_dir:
+            append_rows(rpath, new)
+            write_json_atomic(mpath, meta)
+        rows.update((r["id"], r) for r in new)
+        bar.update(len(chunk))
+        bar.set_postfix(tok_s=f"{call['generated_tokens'] / max(call['seconds'], 1e-9):.0f}")
+    bar.close()
+    summary = summarize_task(task, samples, rows, meta)
+    summary.update(limit=len(samples), newly_generated=len(pending), wall_s=time.perf_counter() - start)
+    return summary
+
+
+# -- the whole evaluation --------------------------------------------------------------------------
+
+
+def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Task] = DEFAULT_TASKS,
+             limit: int | None = None, out_dir: str | Path | None = None, *, batch_size: int = 32,
+             flush_every: int | None = None, max_new_tokens: int | None = None,
+             data_paths: dict[str, str] | None = None, seed: int = 0, device: str = "auto",
+             dtype: str = "auto", chat_template: str | None = None, backend: str = "auto",
+             overwrite: bool = False, progress: bool = True, engine=None, log=print) -> dict:
+    """Evaluate a model (an HF directory / embedded name, or a loaded model + its tokenizer).
+
+    Writes `<task>.jsonl`, `<task>.meta.json`, `summary.json` and `summary.md` into `out_dir`
+    (nothing is written and nothing resumed when `out_dir` is None) and returns the summary:
+    `{"model", "limit", "wall_s", "tasks": {name: {"metrics", "primary_metric", "n", ...}}}`.
+    `engine` (anything with `Engine.generate`'s signature) replaces the one built here.
+    """
+    start = time.perf_counter()
+    # unknown names fail here, before anything loads; Task objects (custom shots, scorer) pass through
+    task_objs = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    if len({t.name for t in task_objs}) != len(task_objs):
+        raise ValueError(f"tasks repeat a name: {[t.name for t in task_objs]}")
+    data_paths = dict(data_paths or {})
+    samples = {t.name: load_samples(t, data_paths.get(t.name), limit) for t in task_objs}
+
+    label = model_label(model_or_path)
+    from_path = isinstance(model_or_path, (str, Path))
+    model = None if from_path else model_or_path
+    if from_path:
+        from posttrain.models import load_tokenizer
+
+        check_model_source(str(model_or_path))
+        tokenizer = load_tokenizer(str(model_or_path), chat_template=chat_template or "model")
+    elif tokenizer is None:
+        raise ValueError("evaluate: pass the tokenizer together with an in-memory model")
+    elif chat_template is not None:
+        from posttrain.models import apply_chat_template_choice
+
+        apply_chat_template_choice(tokenizer, chat_template)
+
+    def get_engine():
+        # the model loads only when some sample still needs generating (a finished run re-summarises)
+        nonlocal model, engine
+        if engine is None:
+            from posttrain.generation import Engine
+
+            model = load_eval_model(str(model_or_path), device, dtype) if from_path else model
+            engine = Engine(model, tokenizer, backend=backend, max_batch_size=batch_size)
+        return engine
+
+    out = Path(out_dir) if out_dir is not None else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+
+    results = {}
+    for task in task_objs:
+        fingerprint = {"model": label, "max_new_tokens": max_new_tokens or task.generation.max_new_tokens,
+                       "stop": list(task.generation.stop), "do_sample": task.generation.do_sample}
+        with torch.no_grad():
+            results[task.name] = run_task(
+                task, samples[task.name], get_engine, tokenizer, out, fingerprint=fingerprint,
+                max_new_tokens=max_new_tokens, seed=seed, flush_every=flush_every or 4 * batch_size,
+                overwrite=overwrite, progress=progress, log=log)
+        t = results[task.name]
+        log(f"[eval] {task.name}: {t['primary_metric']} = {100 * t['metrics'][t['primary_metric']]:.2f} "
+            f"(n={t['n']}, {t['wall_s']:.0f} s, {t['tokens_per_s']:.0f} tok/s)")
+    summary = {"model": label, "limit": limit, "wall_s": time.perf_counter() - start, "tasks": results}
+    if out:
+        summary = merge_summaries(out / "summary.json", summary)
+        write_json_atomic(out / "summary.json", summary)
+        (out / "summary.md").write_text(markdown_summary(summary), encoding="utf-8")
+    return summary
+
+
+def merge_summaries(path: Path, summary: dict) -> dict:
+    """Keep the tasks of earlier invocations in this directory (same model) beside this run's."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError:  # derived data: a damaged file is simply rebuilt
+        previous = {}
+    if not isinstance(previous, dict) or previous.get("model") != summary["model"]:
+        return summary
+    tasks = {**previous.get("tasks", {}), **summary["tasks"]}
+    order = list(TASKS)  # registry order (gsm8k, math500, math, ifeval), custom task names last
+    ranked = sorted(tasks, key=lambda k: order.index(k) if k in order else len(order))
+    return {**summary, "tasks": {k: tasks[k] for k in ranked}}
+
+
+def default_output_dir(model: str) -> str:
+    slug = re.sub(r"[^\w.-]+", "_", Path(model.rstrip("/")).name) or "model"
+    return str(Path("runs") / "eval" / slug)
