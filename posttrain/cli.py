@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     stage, rest = argv[0], argv[1:]
+    if stage == "eval" and rest[:1] == ["compare"]:
+        stage, rest = "compare", rest[1:]
     if stage not in stages():
         print(f"posttrain: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from posttrain.curation.llm_client import EndpointConfig
+from posttrain.generation.llm_client import EndpointConfig
 from posttrain.curation.onpolicy import (ASPECTS, JUDGE_RETRY, PrefsConfig, Rated, binarize, parse_ratings,
                                          prompt_messages, run_prefs)
 from posttrain.data.preference import load_preferences

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from posttrain.config import load_config
-from posttrain.curation.llm_client import EndpointConfig, derive_seed
+from posttrain.generation.llm_client import EndpointConfig, derive_seed
 from posttrain.curation.synth import (CONSTRAINT_TYPES, Constraint, SynthConfig, clean_generated_prompt,
                                       constrained_prompt, dedup, pick_constraints, rlvr_row, run_synth)
 from posttrain.evaluation.tasks.verifiers import verifiable_reward, verify

@@ -27,7 +27,7 @@ from typing import Any
 
 from posttrain.config import ConfigError, dump_config, field
 from posttrain.data.io import DataError, read_records, write_json_atomic, write_jsonl_atomic
-from posttrain.curation.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMCallError, LLMClient,
+from posttrain.generation.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMCallError, LLMClient,
                                            ResponseCache, derive_seed, open_endpoints, run_tasks)
 
 ASPECTS = ("helpfulness", "instruction_following", "honesty", "truthfulness")

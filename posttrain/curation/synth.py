@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from posttrain.config import ConfigError, dump_config, field
 from posttrain.data.io import DataError, read_records, write_json_atomic, write_jsonl_atomic
-from posttrain.curation.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMClient, ResponseCache,
+from posttrain.generation.llm_client import (ChatParams, ChatResult, EndpointConfig, LLMClient, ResponseCache,
                                            derive_seed, open_endpoints, run_calls)
 
 # ----------------------------------------------------------------------------------- skills

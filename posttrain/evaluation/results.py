@@ -117,16 +117,23 @@ def headline_metrics(metrics: dict[str, float], primary: str) -> list[str]:
 
 def markdown_summary(summary: dict) -> str:
     lines = [f"# Evaluation of `{summary['model']}`", "",
-             "| task | n | metric | score (%) |", "|---|---:|---|---:|"]
+             "| task | n | metric | score (%) | 95% interval |", "|---|---:|---|---:|---|"]
     for name, t in summary["tasks"].items():
         for metric in headline_metrics(t["metrics"], t["primary_metric"]):
             label = f"**{metric}**" if metric == t["primary_metric"] else metric
-            lines.append(f"| {name} | {t['n']} | {label} | {100 * t['metrics'][metric]:.2f} |")
+            iv = t.get("intervals", {}).get(metric)
+            span = f"[{100 * iv['low']:.1f}, {100 * iv['high']:.1f}] ({iv['method']})" if iv else ""
+            lines.append(f"| {name} | {t['n']} | {label} | {100 * t['metrics'][metric]:.2f} | {span} |")
     lines += ["", "| task | n | generated tokens | generation s | tokens/s | wall s (last run) |",
               "|---|---:|---:|---:|---:|---:|"]
     for name, t in summary["tasks"].items():
         lines.append(f"| {name} | {t['n']} | {t['generated_tokens']} | {t['generation_s']:.1f} | "
                      f"{t['tokens_per_s']:.1f} | {t['wall_s']:.1f} |")
-    lines += ["", "n: the first n samples of each task's data. Bold: each task's primary metric. Generation s "
-              "and tokens/s cover every engine call that produced the task's rows (resumed runs included)."]
+    if summary.get("skipped"):
+        lines += ["", "Skipped, no data on this machine:", ""]
+        lines += [f"- {name}: {why}" for name, why in summary["skipped"].items()]
+    lines += ["", "n: the first n samples of each task's data. Bold: each task's primary metric. Intervals: "
+              "Wilson for accuracies over samples, else a bootstrap over samples of the task's own aggregation. "
+              "Generation s and tokens/s cover every engine call that produced the task's rows (resumed runs "
+              "included)."]
     return "\n".join(lines) + "\n"

@@ -23,9 +23,11 @@ from typing import Any, Sequence
 
 import torch
 
+from posttrain.evaluation.stats import metric_intervals
 from posttrain.evaluation.results import (append_rows, check_fingerprint, markdown_summary, meta_path,
                                           read_meta, read_rows, rows_path, write_json_atomic)
-from posttrain.evaluation.tasks import TASKS, Sample, Task, get_task, render_prompt
+from posttrain.evaluation.tasks import TASKS, LoglikOutput, Sample, Task, get_task, render_prompt
+from posttrain.evaluation.tasks.base import MissingData
 
 DEFAULT_TASKS = ("gsm8k", "math500", "ifeval")
 
@@ -97,12 +99,19 @@ def load_samples(task: Task, path: str | None, limit: int | None) -> list[Sample
     return samples
 
 
-def result_row(task: Task, sample: Sample, prompt: str, completion) -> dict:
-    scores = dict(task.score(sample, completion.text))
+def result_row(task: Task, sample: Sample, prompt: str, completions: list, scores: dict | None = None) -> dict:
+    """One stored row. A sampling task's row holds lists (one entry per sample) where a
+    generation task's holds scalars."""
+    texts = [c.text for c in completions]
+    one = len(completions) == 1 and task.generation.num_samples == 1
+    scores = dict(task.score(sample, texts[0] if one else texts) if scores is None else scores)
     extracted = scores.pop("extracted", None)
-    return {"task": task.name, "id": sample.id, "prompt": prompt, "output": completion.text,
-            "extracted": extracted, "scores": scores, "finish_reason": completion.finish_reason,
-            "num_tokens": len(completion.token_ids), "ground_truth": sample.ground_truth}
+    pick = (lambda xs: xs[0]) if one else list
+    return {"task": task.name, "id": sample.id, "prompt": prompt, "output": pick(texts),
+            "extracted": extracted, "scores": scores,
+            "finish_reason": pick([c.finish_reason for c in completions]),
+            "num_tokens": pick([len(c.token_ids) for c in completions]), "ground_truth": sample.ground_truth,
+            "meta": sample.meta}
 
 
 def generate_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str], token_ids: Sequence[list[int]],
@@ -112,10 +121,42 @@ def generate_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str],
     outs = engine.generate(list(token_ids), params)
     seconds = time.perf_counter() - t0
     assert len(outs) == len(samples) * params.n
-    rows = [result_row(task, s, p, o) for s, p, o in zip(samples, prompts, outs)]
+    per = [outs[i * params.n:(i + 1) * params.n] for i in range(len(samples))]  # engine order: prompt, sample
+    batch = getattr(task, "score_batch", None)
+    scores = batch(list(samples), [[c.text for c in cs] if params.n > 1 else cs[0].text for cs in per]) \
+        if batch else [None] * len(samples)
+    rows = [result_row(task, s, p, cs, sc) for s, p, cs, sc in zip(samples, prompts, per, scores)]
     call = {"samples": len(samples), "seconds": round(seconds, 3),
             "prompt_tokens": sum(len(ids) for ids in token_ids),
             "generated_tokens": sum(len(o.token_ids) for o in outs),
+            "score_s": round(time.perf_counter() - t0 - seconds, 3)}
+    return rows, call
+
+
+def loglik_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str], tokenizer, engine,
+                max_tokens: int = 4096) -> tuple[list[dict], dict]:
+    """Score every continuation of these samples after its prompt -> (rows, the call's stats)."""
+    from posttrain.evaluation.loglik import encode_pair, score_requests
+
+    t0 = time.perf_counter()
+    options = [list(task.continuations(s)) for s in samples]
+    requests = [encode_pair(tokenizer, p, c) for p, opts in zip(prompts, options) for c in opts]
+    scorer = getattr(engine, "loglik", None)
+    results = scorer(requests) if scorer else score_requests(engine.model, requests, max_tokens)
+    seconds = time.perf_counter() - t0
+    rows, at = [], 0
+    for s, p, opts in zip(samples, prompts, options):
+        res, at = results[at:at + len(opts)], at + len(opts)
+        out = LoglikOutput([r.logprob for r in res], [r.num_tokens for r in res], [r.greedy for r in res], opts)
+        scores = dict(task.score(s, out))
+        extracted = scores.pop("extracted", None)
+        rows.append({"task": task.name, "id": s.id, "prompt": p,
+                     "output": {"logprobs": out.logprobs, "num_tokens": out.num_tokens, "greedy": out.greedy},
+                     "extracted": extracted, "scores": scores, "finish_reason": "loglik", "num_tokens": 0,
+                     "ground_truth": s.ground_truth, "meta": s.meta})
+    call = {"samples": len(samples), "seconds": round(seconds, 3),
+            "prompt_tokens": sum(len(c) + len(x) for c, x in requests), "generated_tokens": 0,
+            "scored_tokens": sum(len(x) for _, x in requests),
             "score_s": round(time.perf_counter() - t0 - seconds, 3)}
     return rows, call
 
@@ -126,12 +167,18 @@ def summarize_task(task: Task, samples: list[Sample], rows: dict[str, dict], met
     assert not missing, f"{task.name}: no result rows for {missing[:3]}"
     picked = [rows[s.id] for s in samples]
     metrics = task.aggregate([r["scores"] for r in picked], samples)
+    intervals = metric_intervals(task, [r["scores"] for r in picked], samples)
     gen_s = sum(c["seconds"] for c in meta.get("calls", []))
     gen_tokens = sum(c["generated_tokens"] for c in meta.get("calls", []))
-    return {"primary_metric": task.primary_metric, "n": len(samples), "metrics": metrics,
-            "generated_tokens": sum(r["num_tokens"] for r in picked),
-            "finish_reasons": {k: sum(r["finish_reason"] == k for r in picked) for k in ("eos", "stop", "length")},
+    finish = [f for r in picked for f in _as_list(r["finish_reason"])]
+    return {"primary_metric": task.primary_metric, "n": len(samples), "metrics": metrics, "intervals": intervals,
+            "generated_tokens": sum(sum(_as_list(r["num_tokens"])) for r in picked),
+            "finish_reasons": {k: finish.count(k) for k in ("eos", "stop", "length")},
             "generation_s": gen_s, "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: Path | None, *,
@@ -159,9 +206,8 @@ def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: 
     # Sorted by prompt length: each engine call sees similar lengths (less prefill padding).
     token_ids = {s.id: tokenizer(prompts[s.id], add_special_tokens=False)["input_ids"] for s in pending}
     pending.sort(key=lambda s: len(token_ids[s.id]))
-    params = sampling_params(task, max_new_tokens, seed)
-    if params.n != 1:
-        raise ValueError(f"{task.name}: num_samples={params.n}; eval scores one output per prompt")
+    loglik = getattr(task, "kind", "generation") == "loglik"
+    params = None if loglik else sampling_params(task, max_new_tokens, seed)
 
     from tqdm import tqdm
 
@@ -169,8 +215,11 @@ def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: 
                disable=not progress or not pending, file=sys.stderr, dynamic_ncols=True)
     for i in range(0, len(pending), flush_every):
         chunk = pending[i:i + flush_every]
-        new, call = generate_rows(task, chunk, [prompts[x.id] for x in chunk], [token_ids[x.id] for x in chunk],
-                                  get_engine(), params)
+        if loglik:
+            new, call = loglik_rows(task, chunk, [prompts[x.id] for x in chunk], tokenizer, get_engine())
+        else:
+            new, call = generate_rows(task, chunk, [prompts[x.id] for x in chunk], [token_ids[x.id] for x in chunk],
+                                      get_engine(), params)
         meta["calls"].append(call)
         if out_dir:
             append_rows(rpath, new)
@@ -192,7 +241,8 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
              flush_every: int | None = None, max_new_tokens: int | None = None,
              data_paths: dict[str, str] | None = None, seed: int = 0, device: str = "auto",
              dtype: str = "auto", chat_template: str | None = None, backend: str = "auto",
-             overwrite: bool = False, progress: bool = True, engine=None, log=print) -> dict:
+             overwrite: bool = False, progress: bool = True, engine=None, log=print,
+             missing_data: str = "error") -> dict:
     """Evaluate a model (an HF directory / embedded name, or a loaded model + its tokenizer).
 
     Writes `<task>.jsonl`, `<task>.meta.json`, `summary.json` and `summary.md` into `out_dir`
@@ -206,7 +256,16 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     if len({t.name for t in task_objs}) != len(task_objs):
         raise ValueError(f"tasks repeat a name: {[t.name for t in task_objs]}")
     data_paths = dict(data_paths or {})
-    samples = {t.name: load_samples(t, data_paths.get(t.name), limit) for t in task_objs}
+    samples, skipped = {}, {}
+    for t in task_objs:
+        try:
+            samples[t.name] = load_samples(t, data_paths.get(t.name), limit)
+        except MissingData as e:
+            if missing_data != "skip":
+                raise
+            skipped[t.name] = str(e)
+            log(f"[eval] skipping {e}")
+    task_objs = [t for t in task_objs if t.name in samples]
 
     label = model_label(model_or_path)
     from_path = isinstance(model_or_path, (str, Path))
@@ -241,6 +300,11 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     for task in task_objs:
         fingerprint = {"model": label, "max_new_tokens": max_new_tokens or task.generation.max_new_tokens,
                        "stop": list(task.generation.stop), "do_sample": task.generation.do_sample}
+        if getattr(task, "kind", "generation") != "generation":  # older runs' fingerprints stay valid
+            fingerprint = {"model": label, "kind": task.kind}
+        if task.generation.num_samples > 1:
+            fingerprint |= {"num_samples": task.generation.num_samples, "temperature": task.generation.temperature,
+                            "top_p": task.generation.top_p, "seed": seed}
         with torch.no_grad():
             results[task.name] = run_task(
                 task, samples[task.name], get_engine, tokenizer, out, fingerprint=fingerprint,
@@ -250,6 +314,8 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
         log(f"[eval] {task.name}: {t['primary_metric']} = {100 * t['metrics'][t['primary_metric']]:.2f} "
             f"(n={t['n']}, {t['wall_s']:.0f} s, {t['tokens_per_s']:.0f} tok/s)")
     summary = {"model": label, "limit": limit, "wall_s": time.perf_counter() - start, "tasks": results}
+    if skipped:
+        summary["skipped"] = skipped
     if out:
         summary = merge_summaries(out / "summary.json", summary)
         write_json_atomic(out / "summary.json", summary)
@@ -268,7 +334,10 @@ def merge_summaries(path: Path, summary: dict) -> dict:
     tasks = {**previous.get("tasks", {}), **summary["tasks"]}
     order = list(TASKS)  # registry order (gsm8k, math500, math, ifeval), custom task names last
     ranked = sorted(tasks, key=lambda k: order.index(k) if k in order else len(order))
-    return {**summary, "tasks": {k: tasks[k] for k in ranked}}
+    merged = {**summary, "tasks": {k: tasks[k] for k in ranked}}
+    skipped = {k: v for k, v in {**previous.get("skipped", {}), **summary.get("skipped", {})}.items() if k not in tasks}
+    merged.pop("skipped", None)
+    return merged | ({"skipped": skipped} if skipped else {})
 
 
 def default_output_dir(model: str) -> str:

