@@ -2,7 +2,7 @@
 
 Reads only what the stages wrote (config.yaml, summary.json, metrics.jsonl, eval summaries, the
 decontamination report), so it can be rebuilt at any time with `posttrain report RUN_DIR`
-(`posttrain.recipes.pipeline.report`, which knows the run directory's layout).
+(`posttrain.recipes.report`, which knows the run directory's layout).
 """
 
 from __future__ import annotations
@@ -90,12 +90,15 @@ def plot_stage(stage: str, metrics: list[dict], out_dir: Path) -> list[str]:
     return [str(path)]
 
 
-def eval_table(evals: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
+def eval_table(evals: dict[str, dict[str, float]], stats: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """evals: model label (in pipeline order) -> {metric: value}. Rates are shown in percent with deltas
-    vs the previous column; `*/num_samples` rows are the sample counts."""
+    vs the previous column; `*/num_samples` rows are the sample counts. With `stats` (from
+    `evaluation.compare.stage_stats`) each cell also shows its 95% interval, and each delta comes
+    from the paired bootstrap, marked `*` when its interval excludes zero."""
     labels = list(evals)
     metrics = sorted({m for v in evals.values() for m in v})
     header = ["metric"] + [lab if i == 0 else f"{lab} (Δ)" for i, lab in enumerate(labels)]
+    intervals, deltas = (stats or {}).get("intervals", {}), (stats or {}).get("deltas", {})
     rows = []
     for m in metrics:
         row, prev = [m], None
@@ -108,7 +111,11 @@ def eval_table(evals: dict[str, dict[str, float]]) -> tuple[list[str], list[list
                 row.append(f"{v:.0f}")
                 continue
             cell = f"{100 * v:.1f}"
-            if prev is not None:
+            if (iv := intervals.get(lab, {}).get(m)) is not None:
+                cell += f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+            if (d := deltas.get(lab, {}).get(m)) is not None:
+                cell += f" ({100 * d['delta']:+.1f}{'*' if d['significant'] else ''})"
+            elif prev is not None:
                 cell += f" ({100 * (v - prev):+.1f})"
             row.append(cell)
             prev = v
@@ -143,8 +150,13 @@ pre{background:#f9fafb;border:1px solid #e5e7eb;padding:.7em;overflow-x:auto;fon
 """
 
 
+STATS_NOTE = ("Brackets: 95% interval (Wilson for accuracies over samples, else bootstrap). Δ: paired "
+              "bootstrap over the samples both stages answered; * marks a change whose 95% interval excludes 0.")
+
+
 def write_report(run_dir: Path, title: str, stages: list[StageInfo], evals: dict[str, dict[str, float]],
-                 decontam_md: str | None, notes: list[str] | None = None) -> tuple[Path, Path]:
+                 decontam_md: str | None, notes: list[str] | None = None, stats: dict | None = None
+                 ) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     plots_dir = run_dir / "plots"
     for st in stages:
@@ -154,13 +166,14 @@ def write_report(run_dir: Path, title: str, stages: list[StageInfo], evals: dict
                    str(s.dir.relative_to(run_dir)) if s.dir.is_relative_to(run_dir) else str(s.dir)]
                   for s in stages]
     stage_header = ["stage", "status", "time (s)", "directory"]
-    eh, er = eval_table(evals) if evals else ([], [])
+    eh, er = eval_table(evals, stats) if evals else ([], [])
 
     md = [f"# {title}", ""]
     md += [f"- {n}" for n in notes or []]
     md += ["", "## Stages", "", md_table(stage_header, stage_rows), ""]
     if evals:
-        md += ["## Evaluation across stages (%, Δ vs the previous column)", "", md_table(eh, er), ""]
+        md += ["## Evaluation across stages (%, Δ vs the previous column)", "", md_table(eh, er), "",
+               STATS_NOTE if stats else "", ""]
     if decontam_md:
         md += ["## Decontamination", "", decontam_md.strip(), ""]
     md += ["## Training curves", ""]
@@ -181,7 +194,7 @@ def write_report(run_dir: Path, title: str, stages: list[StageInfo], evals: dict
     if evals:
         h += ["<h2>Evaluation across stages</h2>",
               "<p class='muted'>Scores in %; in parentheses the change from the previous column.</p>",
-              html_table(eh, er)]
+              html_table(eh, er)] + ([f"<p class='muted'>{html.escape(STATS_NOTE)}</p>"] if stats else [])
     if decontam_md:
         h += ["<h2>Decontamination</h2>", _md_tables_to_html(decontam_md)]
     h.append("<h2>Training curves</h2>")

@@ -46,7 +46,7 @@ OPTIONAL: dict[str, StageEntry] = {
     "run": StageEntry("posttrain.recipes.pipeline", "PipelineConfig", "main", "run a whole pipeline recipe"),
     "demo": StageEntry("posttrain.recipes.pipeline", "PipelineConfig", "demo",
                        "the full pipeline on the embedded model"),
-    "report": StageEntry("posttrain.recipes.pipeline", "ReportConfig", "report",
+    "report": StageEntry("posttrain.recipes.report", "ReportConfig", "report",
                          "re-render report.md/report.html of a pipeline run directory"),
 }
 

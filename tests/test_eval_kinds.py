@@ -144,3 +144,21 @@ def test_a_suite_skips_tasks_without_data_and_says_so(model, tokenizer, tmp_path
     assert cfg.tasks == ["gsm8k", "math500", "ifeval"]
     with pytest.raises(ValueError, match="tasks or suite"):
         load_config(EvalConfig, None, ["suite=quick", "tasks=[gsm8k]"])
+
+
+def test_failed_judge_calls_are_asked_again_on_resume(model, tokenizer, tmp_path):
+    @dataclass
+    class Flaky(ToyJudged):
+        fail: bool = True
+
+        def score_batch(self, samples, outputs):
+            self.batches.append([s.id for s in samples])
+            return [{"win": 0.0 if self.fail else 1.0, "judge_error": "timeout" if self.fail and s.id == "3" else None}
+                    for s in samples]
+
+    first = Flaky()
+    evaluate(model, tokenizer, [first], out_dir=tmp_path, progress=False, log=lambda *_: None)
+    again = Flaky(fail=False)
+    summary = evaluate(model, tokenizer, [again], out_dir=tmp_path, progress=False, log=lambda *_: None)
+    assert again.batches == [["3"]]  # only the failed one is judged again; nothing is generated
+    assert summary["tasks"]["toy_judged"]["metrics"]["win"] == pytest.approx(1 / 5)

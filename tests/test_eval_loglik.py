@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from posttrain.evaluation.loglik import _groups, encode_pair, score_requests, score_requests_naive
+from posttrain.evaluation.loglik import (_groups, encode_pair, score_requests, score_requests_cached,
+                                         score_requests_naive)
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +49,17 @@ def test_context_whitespace_moves_to_the_continuation(tokenizer):
     assert a == b and tokenizer.decode(a[1]) == " B"
     with pytest.raises(ValueError, match="no tokens"):
         encode_pair(tokenizer, "Answer:", "")
+
+
+def test_prefix_cached_scores_equal_plain_forwards(model, tokenizer):
+    shots = "Q: 1 + 1?\nA: 2\n\nQ: 3 + 4?\nA: 7\n\n"  # a shared few-shot prefix, then different questions
+    reqs = [encode_pair(tokenizer, shots + q, o) for q in ("Q: 2 + 2?\nA:", "Q: 5 + 1?\nA:", "Q: 9 - 3?\nA:")
+            for o in (" 4", " 6", " twenty two", " 4 or 5 or 6")]
+    reqs += _requests(tokenizer)  # and contexts that share nothing
+    want = score_requests_naive(model, reqs)
+    got = score_requests_cached(model, reqs[::-1])[::-1]  # any order in, results in request order
+    assert [g.num_tokens for g in got] == [w.num_tokens for w in want]
+    assert [g.greedy for g in got] == [w.greedy for w in want]
+    torch.testing.assert_close(torch.tensor([g.logprob for g in got]), torch.tensor([w.logprob for w in want]),
+                               rtol=1e-5, atol=1e-4)
+    assert not model.training

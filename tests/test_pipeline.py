@@ -224,3 +224,11 @@ def test_pipeline_under_torchrun_two_processes(tiny_model_dir, tmp_path):
     table = json.loads((out / "eval" / "table.json").read_text())
     assert set(table) == {"base", "sft", "rlvr"}
     assert (out / "report.html").is_file()
+
+
+def test_eval_table_with_intervals_and_paired_deltas():
+    stats = {"intervals": {"base": {"t/acc": [0.05, 0.2]}, "sft": {"t/acc": [0.3, 0.5]}},
+             "deltas": {"sft": {"t/acc": {"delta": 0.3, "low": 0.2, "high": 0.4, "significant": True, "n": 50}},
+                        "dpo": {"t/acc": {"delta": -0.02, "low": -0.1, "high": 0.06, "significant": False, "n": 50}}}}
+    header, rows = eval_table({"base": {"t/acc": 0.1}, "sft": {"t/acc": 0.4}, "dpo": {"t/acc": 0.38}}, stats)
+    assert rows == [["t/acc", "10.0 [5.0, 20.0]", "40.0 [30.0, 50.0] (+30.0*)", "38.0 (-2.0)"]]

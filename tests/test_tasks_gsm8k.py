@@ -12,6 +12,7 @@ from posttrain.evaluation.tasks.gsm8k import (
     extract_answer,
     gold_answer,
     reward,
+    STOP,
     truncate_at_stop,
 )
 
@@ -111,7 +112,7 @@ def test_score_uses_last_number_and_stops():
     task = get_task("gsm8k")
     sample = task.load(limit=1)[0]
     out = " She sells 9 eggs for $2 each: 9 * 2 = 18. So the answer is 18.\n\nQuestion: Next one has 99"
-    assert truncate_at_stop(out) == out.split("Question:")[0]
+    assert truncate_at_stop(out, STOP) == out.split("Question:")[0]
     assert task.score(sample, out) == {"exact_match": 1.0, "extracted": "18"}
     assert task.score(sample, "So the answer is 18.00")["exact_match"] == 0.0
     assert task.score(sample, None)["exact_match"] == 0.0

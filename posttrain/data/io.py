@@ -3,6 +3,7 @@ and the one row loader every training-data format uses (limit, error policy, per
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -44,14 +45,14 @@ def read_records(source: str | os.PathLike, split: str = "train") -> Iterator[tu
     path = Path(src)
     if path.is_file():
         suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".ndjson"):
+        if suffix in (".jsonl", ".ndjson") or path.name.lower().endswith((".jsonl.gz", ".ndjson.gz")):
             yield from _read_jsonl(path)
         elif suffix == ".json":
             yield from _read_json(path)
         elif suffix == ".parquet":
             yield from _read_parquet(path)
         else:
-            raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json or .parquet)")
+            raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .jsonl.gz, .json or .parquet)")
         return
     if path.is_dir():
         yield from _read_hf(src, split, local=True)
@@ -67,7 +68,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     # bytes are let through as surrogates and reported at their line, so the rows before a bad
     # byte are read in order and the error can name the line; newline="" keeps each line's bytes
     # intact for the byte offset while splitting lines exactly as the default text mode does.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    with _open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.isascii() and _SURROGATE.search(line):
                 raise _utf8_error(path, lineno, line)
@@ -87,6 +88,17 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _open_text(path: Path):
+    # utf-8-sig / surrogateescape / newline="": see _read_jsonl
+    if _gzipped(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
 def _utf8_error(path: Path, lineno: int, line: str) -> DataError:
     """Where the first undecodable byte of `line` is: line, column and byte offset in the file."""
     raw = line.encode("utf-8", "surrogateescape")
@@ -95,10 +107,11 @@ def _utf8_error(path: Path, lineno: int, line: str) -> DataError:
         start, reason = 0, "invalid byte"  # not reached: the line held an undecodable byte
     except UnicodeDecodeError as e:
         start, reason = e.start, e.reason
-    with open(path, "rb") as fh:
+    with (gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")) as fh:
         offset = start + (len(_BOM) if fh.read(len(_BOM)) == _BOM else 0)
     # The byte count of the lines before, read as _read_jsonl reads them; only on this error path.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    # (For a .gz file the offset counts the uncompressed bytes.)
+    with _open_text(path) as fh:
         for _, before in zip(range(lineno - 1), fh):
             offset += len(before.encode("utf-8", "surrogateescape"))
     column = len(raw[:start].decode("utf-8", "replace")) + 1

@@ -321,3 +321,25 @@ def cli(argv: list[str], stage: str = "compare") -> int:
     if path is not None or len(runs) != 2:
         raise ValueError(USAGE)
     return main(load_config(CompareConfig, None, [f"run_a={runs[0]}", f"run_b={runs[1]}", *overrides]))
+
+
+def stage_stats(eval_dirs: dict[str, Path], n_boot: int = 2000, seed: int = 0) -> dict:
+    """For a pipeline's eval directories in stage order (label -> dir): each metric's 95% interval
+    per label, and each label's paired-bootstrap delta against the label before it.
+
+    -> {"intervals": {label: {"task/metric": [low, high]}},
+        "deltas": {label: {"task/metric": {"delta", "low", "high", "significant", "n"}}}}
+    """
+    intervals: dict[str, dict[str, list[float]]] = {}
+    for label, d in eval_dirs.items():
+        path = Path(d) / "summary.json"
+        summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        intervals[label] = {f"{task}/{m}": [iv["low"], iv["high"]] for task, t in summary.get("tasks", {}).items()
+                            for m, iv in t.get("intervals", {}).items()}
+    deltas: dict[str, dict[str, dict]] = {}
+    labels = list(eval_dirs)
+    for prev, label in zip(labels, labels[1:]):
+        cmp = compare_runs(Path(eval_dirs[prev]), Path(eval_dirs[label]), n_boot=n_boot, seed=seed)
+        deltas[label] = {f"{task}/{m}": {k: r[k] for k in ("delta", "low", "high", "significant", "n")}
+                         for task, t in cmp["tasks"].items() for m, r in t["metrics"].items()}
+    return {"intervals": intervals, "deltas": deltas}

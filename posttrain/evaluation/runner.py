@@ -14,6 +14,7 @@ resumed run reports exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -133,16 +134,26 @@ def generate_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str],
     return rows, call
 
 
-def loglik_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str], tokenizer, engine,
-                max_tokens: int = 4096) -> tuple[list[dict], dict]:
+def rescore_rows(task: Task, samples: Sequence[Sample], rows: dict[str, dict]) -> list[dict]:
+    """Stored rows of these samples with fresh scores from `task.score_batch` on their stored outputs."""
+    fresh = task.score_batch(list(samples), [rows[s.id]["output"] for s in samples])
+    out = []
+    for s, scores in zip(samples, fresh):
+        scores = dict(scores)
+        out.append({**rows[s.id], "extracted": scores.pop("extracted", None), "scores": scores})
+    return out
+
+
+def loglik_rows(task: Task, samples: Sequence[Sample], prompts: Sequence[str], tokenizer, engine
+                ) -> tuple[list[dict], dict]:
     """Score every continuation of these samples after its prompt -> (rows, the call's stats)."""
-    from posttrain.evaluation.loglik import encode_pair, score_requests
+    from posttrain.evaluation.loglik import encode_pair, score_requests_cached
 
     t0 = time.perf_counter()
     options = [list(task.continuations(s)) for s in samples]
     requests = [encode_pair(tokenizer, p, c) for p, opts in zip(prompts, options) for c in opts]
     scorer = getattr(engine, "loglik", None)
-    results = scorer(requests) if scorer else score_requests(engine.model, requests, max_tokens)
+    results = scorer(requests) if scorer else score_requests_cached(engine.model, requests)
     seconds = time.perf_counter() - t0
     rows, at = [], 0
     for s, p, opts in zip(samples, prompts, options):
@@ -200,13 +211,21 @@ def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: 
         if s.id in rows and rows[s.id].get("prompt") != prompts[s.id]:
             raise ValueError(f"{rpath}: the stored prompt of {s.id} differs from this run's (data or chat "
                              f"template changed); use another output_dir or overwrite=true")
+    retry = [s for s in samples if s.id in rows and (rows[s.id].get("scores") or {}).get("judge_error")]
+    if retry and hasattr(task, "score_batch"):  # a failed judge call is asked again, the output kept
+        again = rescore_rows(task, retry, rows)
+        if out_dir:
+            append_rows(rpath, again)  # a later row of an id replaces the earlier one
+        rows.update((r["id"], r) for r in again)
+        log(f"[eval] {task.name}: judged {len(retry)} stored outputs again (their judge call had failed)")
     pending = [s for s in samples if s.id not in rows]
     log(f"[eval] {task.name}: {len(samples)} samples, {len(samples) - len(pending)} already done, "
         f"{len(pending)} to generate")
     # Sorted by prompt length: each engine call sees similar lengths (less prefill padding).
     token_ids = {s.id: tokenizer(prompts[s.id], add_special_tokens=False)["input_ids"] for s in pending}
-    pending.sort(key=lambda s: len(token_ids[s.id]))
     loglik = getattr(task, "kind", "generation") == "loglik"
+    if not loglik:  # loglik keeps data order: neighbours share few-shot prefixes (one subject's shots)
+        pending.sort(key=lambda s: len(token_ids[s.id]))
     params = None if loglik else sampling_params(task, max_new_tokens, seed)
 
     from tqdm import tqdm
@@ -242,7 +261,7 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
              data_paths: dict[str, str] | None = None, seed: int = 0, device: str = "auto",
              dtype: str = "auto", chat_template: str | None = None, backend: str = "auto",
              overwrite: bool = False, progress: bool = True, engine=None, log=print,
-             missing_data: str = "error") -> dict:
+             missing_data: str = "error", judge=None) -> dict:
     """Evaluate a model (an HF directory / embedded name, or a loaded model + its tokenizer).
 
     Writes `<task>.jsonl`, `<task>.meta.json`, `summary.json` and `summary.md` into `out_dir`
@@ -266,6 +285,8 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
             skipped[t.name] = str(e)
             log(f"[eval] skipping {e}")
     task_objs = [t for t in task_objs if t.name in samples]
+    task_objs = [_with_judge(t, judge, missing_data, skipped, log) for t in task_objs]
+    task_objs = [t for t in task_objs if t is not None]
 
     label = model_label(model_or_path)
     from_path = isinstance(model_or_path, (str, Path))
@@ -321,6 +342,24 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
         write_json_atomic(out / "summary.json", summary)
         (out / "summary.md").write_text(markdown_summary(summary), encoding="utf-8")
     return summary
+
+
+def _with_judge(task: Task, judge, missing_data: str, skipped: dict, log):
+    """The task with `judge` set when it takes one; None (skipped) or an error when it needs one and
+    none was given, before anything is generated."""
+    if not hasattr(task, "judge"):
+        return task
+    if judge is not None and getattr(task, "judge") is None:
+        return dataclasses.replace(task, judge=judge)
+    if getattr(task, "needs_judge", False) and getattr(task, "judge") is None:
+        why = (f"{task.name}: scoring needs a judge: --judge.base_url URL --judge.model NAME (any "
+               f"OpenAI-compatible endpoint) or --judge.checkpoint DIR (a local model served in-process)")
+        if missing_data != "skip":
+            raise MissingData(why)
+        skipped[task.name] = why
+        log(f"[eval] skipping {why}")
+        return None
+    return task
 
 
 def merge_summaries(path: Path, summary: dict) -> dict:

@@ -141,6 +141,7 @@ class ChatParams:
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # > 0: ask for that many alternatives of each generated token (judges)
 
     @classmethod
     def of(cls, cfg: EndpointConfig, seed: int | None = None, **overrides: Any) -> "ChatParams":
@@ -154,6 +155,8 @@ class ChatParams:
             out["seed"] = self.seed
         if self.stop:
             out["stop"] = list(self.stop)
+        if self.top_logprobs:
+            out["logprobs"], out["top_logprobs"] = True, self.top_logprobs
         return out
 
 
@@ -164,6 +167,19 @@ class ChatResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    top_logprobs: dict[str, float] | None = None  # first generated token's alternatives, when asked for
+
+
+def first_token_alternatives(choice: Any) -> dict[str, float] | None:
+    """{token: logprob} of the first generated token's alternatives (itself included) from an
+    OpenAI chat choice, or None when the endpoint sent no log-probs."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    first = content[0]
+    out = {str(t.token): float(t.logprob) for t in (getattr(first, "top_logprobs", None) or [])}
+    out.setdefault(str(first.token), float(first.logprob))
+    return out
 
 
 class LLMCallError(RuntimeError):
@@ -287,11 +303,13 @@ class LLMClient:
         usage = resp.usage
         result = ChatResult(text=choice.message.content or "", finish_reason=choice.finish_reason,
                             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                            completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+                            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                            top_logprobs=first_token_alternatives(choice) if params.top_logprobs else None)
         self.stats.prompt_tokens += result.prompt_tokens
         self.stats.completion_tokens += result.completion_tokens
         self.cache.put(key, {"text": result.text, "finish_reason": result.finish_reason,
-                             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens})
+                             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                             "top_logprobs": result.top_logprobs})
         return result
 
     async def _connect(self) -> None:

@@ -12,12 +12,14 @@ summary. Other stages call `evaluate(model, tokenizer, tasks, limit, out_dir)` i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 from typing import Literal
 
 from posttrain.config import dump_config, field
+from posttrain.generation.llm_client import EndpointConfig
 from posttrain.evaluation.results import markdown_summary
 # Re-exported: these lived here before the runner moved to posttrain/evaluation/ (#15).
 from posttrain.evaluation.runner import (DEFAULT_TASKS, check_model_source, default_output_dir,  # noqa: F401
@@ -48,6 +50,10 @@ class EvalConfig:
     backend: Literal["auto", "fast", "hf"] = field("auto", "generation backend of the engine")
     overwrite: bool = field(False, "discard existing results in output_dir instead of resuming")
     progress: bool = field(True, "show a progress bar")
+    judge: EndpointConfig | None = field(None, "LLM judge for judged tasks (alpaca_eval, xstest with classifier=judge): "
+                                               "judge.base_url + judge.model, or judge.checkpoint (served in-process)")
+    judge_logprobs: int = field(0, "ask the judge endpoint for this many first-token alternatives and read preferences "
+                                   "as probabilities (hosted APIs; `posttrain serve` does not return them)")
 
     def validate(self):
         if self.suite:
@@ -73,12 +79,19 @@ def main(cfg: EvalConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     try:
-        summary = evaluate(cfg.model, None, cfg.tasks, cfg.limit, out, batch_size=cfg.batch_size,
-                           flush_every=cfg.flush_every or None, max_new_tokens=cfg.max_new_tokens,
-                           data_paths=cfg.data, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                           chat_template=cfg.chat_template, backend=cfg.backend, overwrite=cfg.overwrite,
-                           progress=cfg.progress, missing_data=cfg.missing_data if cfg.missing_data != "auto"
-                           else ("skip" if cfg.suite else "error"))
+        with contextlib.ExitStack() as stack:
+            judge = None
+            if cfg.judge is not None:  # judgments cached in the run directory: a resumed run re-asks nothing
+                from posttrain.evaluation.judge import open_judge
+
+                judge = stack.enter_context(open_judge(cfg.judge, out / "judge_cache.jsonl",
+                                                      logprobs=cfg.judge_logprobs))
+            summary = evaluate(cfg.model, None, cfg.tasks, cfg.limit, out, batch_size=cfg.batch_size,
+                               flush_every=cfg.flush_every or None, max_new_tokens=cfg.max_new_tokens,
+                               data_paths=cfg.data, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                               chat_template=cfg.chat_template, backend=cfg.backend, overwrite=cfg.overwrite,
+                               progress=cfg.progress, judge=judge, missing_data=cfg.missing_data
+                               if cfg.missing_data != "auto" else ("skip" if cfg.suite else "error"))
     except (ValueError, OSError) as e:
         if os.environ.get("POSTTRAIN_DEBUG"):
             raise

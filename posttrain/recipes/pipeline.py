@@ -246,6 +246,7 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
 
 
 def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInfo]) -> dict:
+    from posttrain.evaluation.compare import stage_stats
     from posttrain.evaluation.runner import evaluate
 
     evals: dict[str, dict[str, float]] = {}
@@ -260,14 +261,17 @@ def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInf
         evals[label] = {f"{task}/{m}": v for task, res in summary["tasks"].items()
                         for m, v in res["metrics"].items() if isinstance(v, (int, float))}
     (out / "eval" / "table.json").write_text(json.dumps(evals, indent=2))
+    stats = stage_stats({label: out / "eval" / label for label in evals})  # intervals, paired deltas
+    (out / "eval" / "stats.json").write_text(json.dumps(stats, indent=2))
     infos.append(_info("eval", out / "eval", time.time() - t0, "done"))
     return evals
 
 
 def _write_report(out: Path, title: str, base_model: str, infos: list[StageInfo], evals: dict) -> None:
-    decontam_md = out / "decontaminate" / "report.md"
-    md, html = write_report(out, title, infos, evals, decontam_md.read_text() if decontam_md.is_file() else None,
-                            notes=[f"base model: {base_model}", f"run directory: {out}"])
+    decontam, stats = out / "decontaminate" / "report.md", out / "eval" / "stats.json"
+    md, html = write_report(out, title, infos, evals, decontam.read_text() if decontam.is_file() else None,
+                            notes=[f"base model: {base_model}", f"run directory: {out}"],
+                            stats=json.loads(stats.read_text()) if stats.is_file() else None)
     print(f"[pipeline] report: {md} and {html}", flush=True)
 
 
@@ -276,8 +280,7 @@ def _info(stage: str, stage_dir: Path, seconds: float | None, status: str) -> St
     return StageInfo(stage, stage_dir, seconds, status, cfg_path.read_text() if cfg_path.is_file() else "")
 
 
-def main(cfg: PipelineConfig) -> Path:
-    return run_pipeline(cfg)
+main = run_pipeline  # `posttrain run RECIPE.yaml`
 
 
 DEMO_RECIPE = REPO / "recipes" / "demo.yaml"
@@ -288,54 +291,13 @@ def demo(cfg: PipelineConfig) -> Path:
     return run_pipeline(cfg)
 
 
-@dataclasses.dataclass
-class ReportConfig:
-    run_dir: str = field("", "pipeline run directory (the recipe's output_dir)")
-    title: str | None = field(None, "report title (default: the recipe's name, from pipeline.yaml)")
-
-
-def report(cfg: ReportConfig) -> Path:
-    """`posttrain report RUN_DIR`: report.md and report.html again, from the stages' DONE.json,
-    config.yaml and metrics, the eval table and the decontamination report."""
-    import yaml
-
-    out = Path(cfg.run_dir)
-    recipe = out / "pipeline.yaml"
-    if not recipe.is_file():
-        raise FileNotFoundError(f"{recipe} not found: give the run directory of `posttrain run` (its output_dir)")
-    saved = yaml.safe_load(recipe.read_text()) or {}
-    infos = []
-    for stage in STAGE_TABLE:
-        stage_dir = out / stage.name
-        if (done := _done(stage_dir)) is not None:
-            infos.append(_info(stage.name, stage_dir, done["seconds"], "done"))
-        elif stage_dir.is_dir():
-            infos.append(_info(stage.name, stage_dir, None, "not finished"))
-    table = out / "eval" / "table.json"
-    evals = json.loads(table.read_text()) if table.is_file() else {}
-    if evals:
-        infos.append(_info("eval", out / "eval", None, "done"))  # its time is not kept on disk
-    _write_report(out, cfg.title or saved.get("name") or PipelineConfig.name,
-                  saved.get("base_model", "unknown"), infos, evals)
-    return out
-
-
-CLI_STAGES = ("run", "demo", "report")
+CLI_STAGES = ("run", "demo")
 
 
 def cli(argv: list[str], stage: str) -> int:
-    cls = ReportConfig if stage == "report" else PipelineConfig
-    path, overrides, want_help = parse_argv(argv, cls)
+    path, overrides, want_help = parse_argv(argv, PipelineConfig)
     if want_help:
-        print("\n".join(describe(cls)))
-        return 0
-    if stage == "report":
-        # RUN_DIR is a directory, not a config file.
-        rcfg = load_config(ReportConfig, None, overrides)
-        rcfg.run_dir = path or rcfg.run_dir
-        if not rcfg.run_dir:
-            raise ValueError("usage: posttrain report RUN_DIR [title=...]")
-        report(rcfg)
+        print("\n".join(describe(PipelineConfig)))
         return 0
     if stage == "demo":
         if path is not None:

