@@ -110,8 +110,10 @@ def check_fingerprint(meta: dict | None, fingerprint: dict, where: Path) -> None
 
 
 def headline_metrics(metrics: dict[str, float], primary: str) -> list[str]:
-    """The primary metric first, then every other aggregate metric (no per-subject breakdowns)."""
-    rest = [k for k in metrics if k != primary and k != "num_samples" and "/" not in k]
+    """The primary metric first, then every other aggregate rate (no per-subject breakdowns, no counts)."""
+    from posttrain.evaluation.stats import is_count_metric
+
+    rest = [k for k in metrics if k != primary and not is_count_metric(k) and "/" not in k]
     return ([primary] if primary in metrics else []) + rest
 
 

@@ -121,7 +121,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def is_count_metric(name: str) -> bool:
     """Sizes, not estimates: they get no interval."""
     leaf = name.rsplit("/", 1)[-1]
-    return leaf in ("n", "count", "num_samples") or leaf.startswith("num_") or leaf.endswith("_count")
+    return (leaf in ("n", "count", "num_samples", "judged", "judge_failures", "unavailable_instructions",
+                     "avg_length")
+            or leaf.startswith(("num_", "n_")) or leaf.endswith("_count"))
 
 
 def interval_metrics(metrics: dict[str, Any]) -> list[str]:
