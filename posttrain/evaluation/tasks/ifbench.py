@@ -32,7 +32,7 @@ from typing import Any
 
 from posttrain.evaluation.tasks.base import (GenerationConfig, Sample, as_text, iter_rows, mean, package_file,
                                              require_field, take)
-from posttrain.evaluation.tasks.ifeval import loose_variants
+from posttrain.evaluation.tasks.ifeval import instruction_metrics, loose_variants
 
 # The checkers and their helpers; CHECKERS, check and split_into_sentences are this module's API too.
 from posttrain.evaluation.tasks.ifbench_checks import (CHECKERS, MAX_RESPONSE_CHARS, _need, check,  # noqa: F401
@@ -107,10 +107,7 @@ class IFBenchTask:
                 "prompt_level_loose_acc": float(all(result["inst_level_loose"])), **result, "extracted": None}
 
     def aggregate(self, scores: list[dict[str, Any]], samples: list[Sample]) -> dict[str, float]:
-        out = {"num_samples": float(len(scores))}
-        for mode in ("strict", "loose"):
-            out[f"prompt_level_{mode}_acc"] = mean(s[f"prompt_level_{mode}_acc"] for s in scores)
-            out[f"inst_level_{mode}_acc"] = mean(float(x) for s in scores for x in s[f"inst_level_{mode}"])
+        out = instruction_metrics(scores)
         ids = [i for x in samples for i in x.ground_truth["instruction_id_list"]]
         unusable = {res for res in {CHECKERS[i][2] for i in ids} - {None} if _need(res)}
         out["unavailable_instructions"] = float(sum(CHECKERS[i][2] in unusable for i in ids))

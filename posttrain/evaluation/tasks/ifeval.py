@@ -140,6 +140,16 @@ def _parse_for_validation(ground_truth: Any) -> dict[str, Any]:
                          f"got {ground_truth!r:.120}") from None
 
 
+def instruction_metrics(scores: list[dict[str, Any]]) -> dict[str, float]:
+    """IFEval's four numbers from per-prompt scores: prompt level (all of a prompt's instructions
+    followed) and instruction level (over every instruction), strict and loose. IFBench shares them."""
+    out = {"num_samples": float(len(scores))}
+    for mode in ("strict", "loose"):
+        out[f"prompt_level_{mode}_acc"] = mean(s[f"prompt_level_{mode}_acc"] for s in scores)
+        out[f"inst_level_{mode}_acc"] = mean(float(x) for s in scores for x in s[f"inst_level_{mode}"])
+    return out
+
+
 def strip_thinking(text: str) -> str:
     """open-instruct's `remove_thinking_section`: keep what follows `</think>`, drop answer tags."""
     text = text.replace("<|assistant|>", "").strip()
@@ -189,12 +199,7 @@ class IFEvalTask:
         }
 
     def aggregate(self, scores: list[dict[str, Any]], samples: list[Sample]) -> dict[str, float]:
-        out = {"num_samples": float(len(scores))}
-        for mode in ("strict", "loose"):
-            out[f"prompt_level_{mode}_acc"] = mean(s[f"prompt_level_{mode}_acc"] for s in scores)
-            flat = [x for s in scores for x in s[f"inst_level_{mode}"]]
-            out[f"inst_level_{mode}_acc"] = mean(float(x) for x in flat)
-        return out
+        return instruction_metrics(scores)
 
     def reward(self, completion: str, ground_truth: Any) -> float:
         """Fraction of the instructions followed (strict), after removing a thinking section, as
