@@ -64,7 +64,8 @@ def _fake_stages(monkeypatch, prefs_result=None):
     policy = SimpleNamespace(base_url=None, checkpoint="smollm2-135m", chat_template="model")
 
     monkeypatch.setattr(pipeline, "_stage_config", stage_config)
-    monkeypatch.setattr(pipeline, "run_evals", lambda cfg, out, models, infos: calls.append(("eval", models)) or {})
+    monkeypatch.setattr(pipeline, "run_evals",
+                        lambda cfg, out, models, infos, artefacts=None: calls.append(("eval", models)) or {})
     return calls
 
 
@@ -104,7 +105,8 @@ def test_stage_table_chains_artefacts_and_restores_them_from_done(tmp_path, monk
     calls.clear()
     shutil.rmtree(out / "rlvr")
     run_pipeline(load_config(PipelineConfig, None, [f"output_dir={out}", "stages=[rlvr]"]))
-    assert calls[0][0] == "rlvr" and calls[0][1][0] == f"model.name_or_path={out / 'dpo' / 'final'}"
+    assert {c[0] for c in calls} == {"rlvr"}
+    assert next(ov for _, ov in calls if ov)[0] == f"model.name_or_path={out / 'dpo' / 'final'}"
 
 
 def test_unselected_stage_hands_on_its_model_but_not_its_data(tmp_path, monkeypatch):
@@ -117,6 +119,38 @@ def test_unselected_stage_hands_on_its_model_but_not_its_data(tmp_path, monkeypa
     sft = next(ov for stage, ov in calls if stage == "sft" and ov)
     assert not any(o.startswith("data.paths") for o in sft)  # decontaminate was not selected
     assert next(ov for stage, ov in calls if stage == "dpo" and ov)[0] == f"model.name_or_path={out / 'sft' / 'final'}"
+
+
+def test_heldout_rows_are_split_off_before_training_and_scored_by_eval(tmp_path, monkeypatch):
+    calls = _fake_stages(monkeypatch)
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_evals", lambda cfg, out, models, infos, artefacts=None:
+                        seen.update(plan=pipeline._eval_plan(cfg, models, artefacts)) or {})
+    monkeypatch.chdir(tmp_path)
+    chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    for name in ("a.jsonl", "b.jsonl"):  # the fake SFT config's data.paths
+        (tmp_path / name).write_text((json.dumps(chat) + "\n") * 5)
+    out = tmp_path / "run"
+    cfg = load_config(PipelineConfig, None, [f"output_dir={out}", "decontaminate.enabled=false", "sft.heldout=3",
+                                             "seed=7", "eval.tasks=[chat_nll,verifiable:no_commas]",
+                                             "eval.task_models={chat_nll: [base, sft]}"])
+    run_pipeline(cfg)
+    sft = next(ov for stage, ov in calls if stage == "sft" and ov)
+    split = out / "sft" / "split"
+    assert f"data.paths=[{split / 'train.jsonl'}]" in sft and "run.seed=7" in sft
+    assert len((split / "train.jsonl").read_text().splitlines()) == 7
+    assert len((split / "heldout.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "sft" / "DONE.json").read_text())["heldout_sft"] == str(split / "heldout.jsonl")
+    plan = seen["plan"]
+    assert plan["base"][0] == ["chat_nll", "verifiable:no_commas"] and plan["dpo"][0] == ["verifiable:no_commas"]
+    assert plan["sft"][1]["chat_nll"] == str(split / "heldout.jsonl")
+    # stages=[eval] alone still finds the held-out rows of the finished SFT stage
+    seen.clear()
+    run_pipeline(load_config(PipelineConfig, None, [f"output_dir={out}", "stages=[eval]",
+                                                    "eval.tasks=[chat_nll]"]))
+    assert seen["plan"]["sft"][1]["chat_nll"] == str(split / "heldout.jsonl")
+    with pytest.raises(ValueError, match="only sft and dpo hold out"):
+        load_config(PipelineConfig, None, ["rlvr.heldout=4"])
 
 
 def test_report_command_rerenders_a_run_directory(tmp_path, capsys):
@@ -155,7 +189,9 @@ def test_report_command_rerenders_a_run_directory(tmp_path, capsys):
 def test_pipeline_decontam_sft_eval_and_skip(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = [f"output_dir={out}", f"base_model={tiny_model_dir}", "stages=[decontaminate,sft,eval]",
-                 "eval.tasks=[gsm8k,verifiable:no_commas]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]"]
+                 "eval.tasks=[gsm8k,verifiable:no_commas]", "eval.limit=2", "eval.max_new_tokens=4", "eval.models=[base,sft]",
+                 "eval.task_limits={}", "eval.task_max_new_tokens={}", "eval.task_models={}", "eval.targets={}",
+                 "sft.heldout=0"]
     cfg = load_config(PipelineConfig, REPO / "recipes" / "demo.yaml", overrides)
     cfg.sft.overrides = [f"data.paths=[{shared('sft/open_instruct_sft_sample.jsonl')}]", "data.limit=8",
                          "data.max_length=128", "data.too_long=truncate", "train.batch_size=4", "train.max_steps=2",

@@ -336,10 +336,88 @@ def stage_stats(eval_dirs: dict[str, Path], n_boot: int = 2000, seed: int = 0) -
         summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         intervals[label] = {f"{task}/{m}": [iv["low"], iv["high"]] for task, t in summary.get("tasks", {}).items()
                             for m, iv in t.get("intervals", {}).items()}
-    deltas: dict[str, dict[str, dict]] = {}
+    def delta(a: str, b: str) -> dict[str, dict]:
+        cmp = compare_runs(Path(eval_dirs[a]), Path(eval_dirs[b]), n_boot=n_boot, seed=seed)
+        return {f"{task}/{m}": {k: r[k] for k in ("delta", "low", "high", "significant", "n")}
+                for task, t in cmp["tasks"].items() for m, r in t["metrics"].items()}
+
     labels = list(eval_dirs)
+    deltas = {label: delta(prev, label) for prev, label in zip(labels, labels[1:])}
+    out = {"intervals": intervals, "deltas": deltas}
+    if len(labels) > 2:  # first -> last: what the whole run did (tasks scored on both ends only count)
+        out["overall"] = {"from": labels[0], "to": labels[-1], "deltas": delta(labels[0], labels[-1])}
+    return out
+
+
+def implicit_reward_stats(eval_dirs: dict[str, Path], task: str = "preference") -> dict[str, dict]:
+    """For each label whose predecessor (in stage order) also scored the preference task: the held-out
+    *reward accuracy* of the label's model measured against that predecessor as reference, as DPO
+    papers report it. Per pair, the implicit reward margin is the change of the log-prob margin
+    (chosen − rejected) from the reference to the policy; it is correct when positive (a tie is
+    not). Both the length-normalised margin (`dpo_norm`'s reward) and the summed one (`dpo`'s) are
+    given; a model equal to its reference scores 0 (no pair positive), the chance level of a
+    model that learned nothing generalisable is 50%.
+
+    -> {label: {"reference", "n", "accuracy", "low", "high", "significant" (interval above 0.5),
+    "accuracy_sum", "low_sum", "high_sum", "significant_sum"}}
+    """
+    from posttrain.evaluation.stats import wilson_interval
+
+    labels, out = list(eval_dirs), {}
     for prev, label in zip(labels, labels[1:]):
-        cmp = compare_runs(Path(eval_dirs[prev]), Path(eval_dirs[label]), n_boot=n_boot, seed=seed)
-        deltas[label] = {f"{task}/{m}": {k: r[k] for k in ("delta", "low", "high", "significant", "n")}
-                         for task, t in cmp["tasks"].items() for m, r in t["metrics"].items()}
-    return {"intervals": intervals, "deltas": deltas}
+        a_path, b_path = Path(eval_dirs[prev]) / f"{task}.jsonl", Path(eval_dirs[label]) / f"{task}.jsonl"
+        if not (a_path.is_file() and b_path.is_file()):
+            continue
+        a, b = read_run_rows(a_path), read_run_rows(b_path)
+        ids = sorted(set(a) & set(b))
+        if not ids:
+            continue
+        entry: dict[str, Any] = {"reference": prev, "n": len(ids)}
+        for key, suffix in (("margin", ""), ("margin_sum", "_sum")):
+            wins = sum((b[i]["scores"][key] - a[i]["scores"][key]) > 0 for i in ids)
+            low, high = wilson_interval(wins, len(ids))
+            entry |= {f"accuracy{suffix}": wins / len(ids), f"low{suffix}": low, f"high{suffix}": high,
+                      f"significant{suffix}": bool(low > 0.5)}
+        out[label] = entry
+    return out
+
+
+def generation_stats(eval_dirs: dict[str, Path], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Response lengths and finish reasons of every generation task, per label (in stage order), with
+    95% intervals, and each label's paired change in length against the label before it that scored
+    the same task: what a stage did to how long (and how often cut at the budget) the model answers.
+
+    -> {task: {label: {"n", "mean_tokens", "tokens_low", "tokens_high", "cut_rate", "cut_low",
+    "cut_high", "finish": {reason: count}, "delta_tokens": {...} (paired, vs the previous label)}}}
+    """
+    from posttrain.evaluation.stats import bootstrap_interval, paired_bootstrap_delta, wilson_interval
+
+    out: dict[str, dict[str, dict]] = {}
+    tokens_by: dict[str, dict[str, dict[str, float]]] = {}
+    for label, d in eval_dirs.items():
+        for path in sorted(Path(d).glob("*.jsonl")):
+            rows = [r for r in read_run_rows(path).values() if r.get("finish_reason") not in (None, "loglik")]
+            if not rows:
+                continue
+            task = path.name[: -len(".jsonl")]
+            per = {r["id"]: float(sum(_as_list(r["num_tokens"])) / len(_as_list(r["num_tokens"]))) for r in rows}
+            finish = [f for r in rows for f in _as_list(r["finish_reason"])]
+            cut = sum(f == "length" for f in finish)
+            lo, hi = bootstrap_interval(list(per.values()), n_boot=n_boot, seed=seed)
+            clo, chi = wilson_interval(cut, len(finish))
+            entry = {"n": len(rows), "mean_tokens": sum(per.values()) / len(per), "tokens_low": lo,
+                     "tokens_high": hi, "cut_rate": cut / len(finish), "cut_low": clo, "cut_high": chi,
+                     "finish": {k: finish.count(k) for k in sorted(set(finish))}}
+            prev = next((p for p in reversed(list(tokens_by.get(task, {}))) if p != label), None)
+            if prev is not None:
+                ids = sorted(set(per) & set(tokens_by[task][prev]))
+                if ids:
+                    entry["delta_tokens"] = {"from": prev, **paired_bootstrap_delta(
+                        [tokens_by[task][prev][i] for i in ids], [per[i] for i in ids], n_boot=n_boot, seed=seed)}
+            tokens_by.setdefault(task, {})[label] = per
+            out.setdefault(task, {})[label] = entry
+    return out
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]

@@ -256,8 +256,8 @@ def run_task(task: Task, samples: list[Sample], get_engine, tokenizer, out_dir: 
 
 
 def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Task] = DEFAULT_TASKS,
-             limit: int | None = None, out_dir: str | Path | None = None, *, batch_size: int = 32,
-             flush_every: int | None = None, max_new_tokens: int | None = None,
+             limit: int | None | dict[str, int] = None, out_dir: str | Path | None = None, *, batch_size: int = 32,
+             flush_every: int | None = None, max_new_tokens: int | None | dict[str, int] = None,
              data_paths: dict[str, str] | None = None, seed: int = 0, device: str = "auto",
              dtype: str = "auto", chat_template: str | None = None, backend: str = "auto",
              overwrite: bool = False, progress: bool = True, engine=None, log=print,
@@ -268,6 +268,8 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     (nothing is written and nothing resumed when `out_dir` is None) and returns the summary:
     `{"model", "limit", "wall_s", "tasks": {name: {"metrics", "primary_metric", "n", ...}}}`.
     `engine` (anything with `Engine.generate`'s signature) replaces the one built here.
+    `limit` and `max_new_tokens` may be dicts (task name -> value); a task they do not name gets
+    its default (all samples, its own generation budget).
     """
     start = time.perf_counter()
     # unknown names fail here, before anything loads; Task objects (custom shots, scorer) pass through
@@ -278,7 +280,7 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     samples, skipped = {}, {}
     for t in task_objs:
         try:
-            samples[t.name] = load_samples(t, data_paths.get(t.name), limit)
+            samples[t.name] = load_samples(t, data_paths.get(t.name), _for_task(limit, t.name))
         except MissingData as e:
             if missing_data != "skip":
                 raise
@@ -319,7 +321,8 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
 
     results = {}
     for task in task_objs:
-        fingerprint = {"model": label, "max_new_tokens": max_new_tokens or task.generation.max_new_tokens,
+        budget = _for_task(max_new_tokens, task.name)
+        fingerprint = {"model": label, "max_new_tokens": budget or task.generation.max_new_tokens,
                        "stop": list(task.generation.stop), "do_sample": task.generation.do_sample}
         if getattr(task, "kind", "generation") != "generation":  # older runs' fingerprints stay valid
             fingerprint = {"model": label, "kind": task.kind}
@@ -329,7 +332,7 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
         with torch.no_grad():
             results[task.name] = run_task(
                 task, samples[task.name], get_engine, tokenizer, out, fingerprint=fingerprint,
-                max_new_tokens=max_new_tokens, seed=seed, flush_every=flush_every or 4 * batch_size,
+                max_new_tokens=budget, seed=seed, flush_every=flush_every or 4 * batch_size,
                 overwrite=overwrite, progress=progress, log=log)
         t = results[task.name]
         log(f"[eval] {task.name}: {t['primary_metric']} = {100 * t['metrics'][t['primary_metric']]:.2f} "
@@ -342,6 +345,11 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
         write_json_atomic(out / "summary.json", summary)
         (out / "summary.md").write_text(markdown_summary(summary), encoding="utf-8")
     return summary
+
+
+def _for_task(value, name: str):
+    """A per-run setting that may be given per task (dict) or once for all (scalar / None)."""
+    return value.get(name) if isinstance(value, dict) else value
 
 
 def _with_judge(task: Task, judge, missing_data: str, skipped: dict, log):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from posttrain.config import describe, dump_config, field, load_config, parse_argv
+from posttrain.config import ConfigError, describe, dump_config, field, load_config, parse_argv
 from posttrain.report import StageInfo, write_report
 from posttrain.stages import resolve
 
@@ -37,6 +37,12 @@ class StageSpec:
     enabled: bool = field(True, "run this stage")
     config: str | None = field(None, "the stage's own YAML config (relative to the recipe file)")
     overrides: list[str] = field([], "key=value overrides for the stage config")
+    heldout: int = field(0, "sft/dpo: rows of the stage's data held out (seeded) and scored by eval's "
+                            "chat_nll / preference tasks instead of trained on")
+    heldout_max_chars: int | None = field(None, "only rows at most this long (as JSON) are held out")
+    extra_data: list[str] = field([], "sft/dpo: files trained on after the data an earlier stage made "
+                                      "(Tülu 3 mixes on-policy pairs with off-policy ones)")
+    expected_s: float | None = field(None, "what the stage took on the reference machine (for the ETA)")
 
 
 @dataclasses.dataclass
@@ -48,6 +54,14 @@ class EvalSpec:
     max_new_tokens: int | None = field(None, "override every task's generation budget")
     batch_size: int = field(32, "sequences decoded together")
     models: list[str] = field(["base", "sft", "dpo", "rlvr"], "which stages' models to evaluate")
+    task_limits: dict[str, int] = field({}, "task -> first N samples (overrides `limit` for that task)")
+    task_max_new_tokens: dict[str, int] = field({}, "task -> generation budget (overrides `max_new_tokens`)")
+    task_models: dict[str, list[str]] = field({}, "task -> the only models it scores (default: every one)")
+    targets: dict[str, list[str]] = field({}, "stage -> the task/metric entries it is meant to move; the "
+                                              "report leads with them, and every other task's primary "
+                                              "metric is checked for significant drops")
+    examples: int = field(3, "prompts per generation task shown with base and final outputs side by side")
+    expected_s: float | None = field(None, "what evaluation took on the reference machine (for the ETA)")
 
 
 @dataclasses.dataclass
@@ -57,6 +71,10 @@ class PipelineConfig:
     base_model: str = field("smollm2-135m", "the model the pipeline starts from (any checkpoint)")
     chat_template: str = field("model", "chat template for every stage: model, tulu, or a Jinja string")
     stages: list[str] = field([], "run only these stages (default: every enabled one)")
+    seed: int | None = field(None, "one seed for every stage (run.seed / seed) and the held-out splits; "
+                                   "None keeps each stage config's own")
+    progress_every_s: float = field(30.0, "seconds between progress lines (stage, ETA); 0 = only at stage starts")
+    synth: StageSpec = field(StageSpec(enabled=False), "persona-driven synthetic SFT data and prompts")
     decontaminate: StageSpec = field(StageSpec(), "n-gram decontamination of the SFT prompts")
     sft: StageSpec = field(StageSpec(), "supervised fine-tuning")
     prefs: StageSpec = field(StageSpec(enabled=False), "on-policy preference data from the SFT model")
@@ -65,6 +83,11 @@ class PipelineConfig:
     eval: EvalSpec = field(EvalSpec(), "evaluation of base and stage models")
     recipe_dir: str = field("", "directory stage config paths are relative to (set from the recipe file)")
     rank_wait_s: float = field(86400.0, "under torchrun: how long ranks > 0 wait for rank 0's single-process stages")
+
+    def validate(self):
+        for stage in ("synth", "decontaminate", "prefs", "rlvr"):
+            if getattr(self, stage).heldout:
+                raise ConfigError(f"{stage}.heldout: only sft and dpo hold out rows (rlvr has eval.paths)")
 
 
 def _stage_config(cfg: PipelineConfig, stage: str, extra: list[str]):
@@ -103,6 +126,14 @@ def _wait_done(stage_dir: Path, timeout_s: float) -> dict:
     return done
 
 
+def _wait_file(path: Path, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while not path.is_file():
+        if time.time() > deadline:
+            raise TimeoutError(f"rank {_rank()}: {path} did not appear within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def _final_model(stage_dir: Path) -> str:
     final = stage_dir / "final"
     if not (final / "config.json").is_file():
@@ -120,26 +151,52 @@ class Stage:
     every_rank: bool = False  # training: every torchrun rank runs it (FSDP2); else rank 0 alone
 
 
+def _resolve(cfg: PipelineConfig, path: str) -> Path:
+    """A data path of the recipe: as given when it exists from here, else relative to the recipe."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else Path(cfg.recipe_dir or ".") / p
+
+
 def _dir(cfg: PipelineConfig, stage: str) -> Path:
     return Path(cfg.output_dir) / stage
 
 
+def _seed(cfg: PipelineConfig, key: str) -> list[str]:
+    return [f"{key}={cfg.seed}"] if cfg.seed is not None else []
+
+
+def _synth(cfg: PipelineConfig, artefacts: dict) -> dict:
+    stage_dir = _dir(cfg, "synth")
+    scfg, fn = _stage_config(cfg, "synth", [f"out_dir={stage_dir}"] + _seed(cfg, "seed"))
+    fn(scfg)
+    rows = stage_dir / "sft.jsonl"
+    return {"synth_data": [str(rows)] if rows.is_file() and rows.stat().st_size else []}
+
+
 def _decontaminate(cfg: PipelineConfig, artefacts: dict) -> dict:
     stage_dir = _dir(cfg, "decontaminate")
-    # What gets cleaned is the SFT stage's own data, unless the decontam config names training sets.
+    # What gets cleaned is the SFT stage's own data (and the synthetic rows, whose prompts also
+    # feed the preference stage), unless the decontam config names training sets.
     sft_cfg, _ = _stage_config(cfg, "sft", [])
     train = {f"sft{i}": p for i, p in enumerate(sft_cfg.data.paths)}
+    train |= {f"synth{i}" if i else "synth": p for i, p in enumerate(artefacts.get("synth_data", []))}
     dcfg, fn = _stage_config(cfg, "decontaminate", [f"out_dir={stage_dir}"])
     dcfg.train = dcfg.train or train
     fn(dcfg)
     filtered = stage_dir / "filtered"
-    return {"sft_data": [str(filtered / f"{n}.jsonl") for n in train
-                         if (filtered / f"{n}.jsonl").is_file() and n in dcfg.train]}
+    kept = {n: str(filtered / f"{n}.jsonl") for n in train if (filtered / f"{n}.jsonl").is_file() and n in dcfg.train}
+    out = {"sft_data": list(kept.values())}
+    if any(n.startswith("synth") for n in kept):
+        out["prefs_prompts"] = [p for n, p in kept.items() if n.startswith("synth")]
+    return out
 
 
 def _prefs(cfg: PipelineConfig, artefacts: dict) -> dict:
     stage_dir = _dir(cfg, "prefs")
-    pcfg, fn = _stage_config(cfg, "prefs", [f"out_dir={stage_dir}"])
+    extra = [f"out_dir={stage_dir}"] + _seed(cfg, "seed")
+    if artefacts.get("prefs_prompts"):  # --full: the decontaminated synthetic prompts
+        extra.append(f"prompts={artefacts['prefs_prompts'][0]}")
+    pcfg, fn = _stage_config(cfg, "prefs", extra)
     if not pcfg.policy.base_url:  # on-policy: the responses come from the model SFT just made
         pcfg.policy.checkpoint, pcfg.policy.chat_template = artefacts["model"], cfg.chat_template
     fn(pcfg)
@@ -147,30 +204,56 @@ def _prefs(cfg: PipelineConfig, artefacts: dict) -> dict:
     return {"dpo_data": [str(pairs)] if pairs.is_file() and pairs.stat().st_size else []}
 
 
+HELDOUT_KIND = {"sft": "chat", "dpo": "preference"}  # what eval's chat_nll / preference tasks read
+
+
+def _split(cfg: PipelineConfig, stage: str, paths: list[str], stage_dir: Path) -> tuple[str, str]:
+    """Hold out `heldout` rows of the stage's data: (train file, held-out file). Rank 0 writes them."""
+    from posttrain.data.heldout import split_files
+
+    split_dir = stage_dir / "split"
+    if _rank() == 0:
+        spec = getattr(cfg, stage)
+        split_files(paths, spec.heldout, cfg.seed or 0, split_dir, HELDOUT_KIND[stage], spec.heldout_max_chars)
+    else:
+        _wait_file(split_dir / "split.json", cfg.rank_wait_s)
+    return str(split_dir / "train.jsonl"), str(split_dir / "heldout.jsonl")
+
+
 def _trainer(stage: str, data: str | None) -> Callable[[PipelineConfig, dict], dict]:
     """Run function of a training stage: it starts from the newest model and trains on the `data`
-    artefact when an earlier stage produced one, else on its own config's data."""
+    artefact when an earlier stage produced one, else on its own config's data; with `heldout`
+    set, part of that data is held out for evaluation first."""
 
     def run(cfg: PipelineConfig, artefacts: dict) -> dict:
         stage_dir = _dir(cfg, stage)
         overrides = [f"model.name_or_path={artefacts['model']}", f"model.chat_template={cfg.chat_template}",
                      f"run.output_dir={stage_dir}", f"run.resume={str(stage_dir.exists()).lower()}"]
-        if data and artefacts.get(data):
-            overrides.append("data.paths=[" + ",".join(artefacts[data]) + "]")
+        overrides += _seed(cfg, "run.seed")
+        paths, new = (artefacts.get(data) if data else None), {}
+        if paths and getattr(cfg, stage).extra_data:
+            paths = list(paths) + [str(_resolve(cfg, p)) for p in getattr(cfg, stage).extra_data]
+        if getattr(cfg, stage).heldout:
+            paths = paths or list(_stage_config(cfg, stage, [])[0].data.paths)
+            train, new[f"heldout_{stage}"] = _split(cfg, stage, paths, stage_dir)
+            paths = [train]
+        if paths:
+            overrides.append("data.paths=[" + ",".join(paths) + "]")
         scfg, fn = _stage_config(cfg, stage, overrides)
         fn(scfg)
         if _rank() != 0:  # rank 0 writes the final model after the others are done
             _wait_done(stage_dir, cfg.rank_wait_s)
-        return {"model": _final_model(stage_dir)}
+        return {"model": _final_model(stage_dir), **new}
 
     return run
 
 
 STAGE_TABLE = (
-    Stage("decontaminate", _decontaminate, ("sft_data",)),
-    Stage("sft", _trainer("sft", "sft_data"), ("model",), every_rank=True),
+    Stage("synth", _synth, ("synth_data",)),
+    Stage("decontaminate", _decontaminate, ("sft_data", "prefs_prompts")),
+    Stage("sft", _trainer("sft", "sft_data"), ("model", "heldout_sft"), every_rank=True),
     Stage("prefs", _prefs, ("dpo_data",)),
-    Stage("dpo", _trainer("dpo", "dpo_data"), ("model",), every_rank=True),
+    Stage("dpo", _trainer("dpo", "dpo_data"), ("model", "heldout_dpo"), every_rank=True),
     Stage("rlvr", _trainer("rlvr", None), ("model",), every_rank=True),
 )
 # Evaluation is no table row: it leaves no DONE.json (it resumes sample by sample itself), needs
@@ -180,10 +263,12 @@ TRAIN_STAGES = tuple(s.name for s in STAGE_TABLE if s.every_rank)
 
 
 def _from_done(stage: Stage, stage_dir: Path, done: dict, selected: bool = True) -> dict:
-    """The artefacts a finished stage hands on. Its model always counts (`stages=[dpo]` continues
-    from the finished SFT model); its data only when the stage is selected, so that leaving a stage
-    out also leaves out the data it made."""
-    new = {k: done[k] for k in stage.produces if k in done and k != "model"} if selected else {}
+    """The artefacts a finished stage hands on. Its model and held-out rows always count
+    (`stages=[dpo]` continues from the finished SFT model; `stages=[eval]` scores the held-out
+    rows); its data only when the stage is selected, so that leaving a stage out also leaves out
+    the data it made."""
+    new = {k: done[k] for k in stage.produces if k in done and k != "model"
+           and (selected or k.startswith("heldout_"))}
     if "model" in stage.produces:
         # Found where it lies rather than read from DONE.json: the run directory may have moved,
         # and DONE.json files written before #15 do not name it.
@@ -198,7 +283,24 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         return _run_pipeline(cfg)
 
 
+def _stage_units(cfg: PipelineConfig, stage: str, stage_dir: Path) -> dict:
+    """How the progress line counts a training stage: logged steps of its max_steps."""
+    from posttrain.progress import max_logged_step
+
+    if stage not in TRAIN_STAGES:
+        return {}
+    try:
+        total = getattr(_stage_config(cfg, stage, [])[0].train, "max_steps", None)
+    except (AttributeError, ValueError, OSError):
+        total = None
+    if not total or total < 0:
+        return {}
+    return {"done": lambda: max_logged_step(stage_dir / "metrics.jsonl"), "total": total}
+
+
 def _run_pipeline(cfg: PipelineConfig) -> Path:
+    from posttrain.progress import RunProgress
+
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     main_rank = _rank() == 0
@@ -209,6 +311,26 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(ORDER)}")
     print(f"[pipeline] {cfg.name}: stages {' -> '.join(wanted)}; run directory {out}", flush=True)
+    progress = RunProgress([(s, getattr(cfg, s).expected_s) for s in wanted], out / "progress.json" if main_rank
+                           else None, every_s=cfg.progress_every_s if main_rank else 0)
+    with progress:
+        models, artefacts, infos = _run_stages(cfg, out, wanted, progress, main_rank)
+        if not main_rank:  # evaluation and the report are rank 0's
+            return out
+        evals = {}
+        if "eval" in wanted:
+            progress.start("eval", **_eval_units(cfg, out, models))
+            evals = run_evals(cfg, out, models, infos, artefacts)
+            progress.finish("eval")
+        total = time.time() - progress.t0
+        eval_s = next((i.seconds for i in infos if i.name == "eval"), None)
+        (out / "timing.json").write_text(json.dumps({"total_s": total, "eval_s": eval_s}, indent=2))
+        _write_report(out, cfg, infos, evals, total)
+    print(f"[pipeline] finished in {total:.0f} s ({total / 60:.1f} min)", flush=True)
+    return out
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, wanted: list[str], progress, main_rank: bool):
     artefacts: dict = {"model": cfg.base_model}
     models = {"base": cfg.base_model}  # what evaluation scores: the base and each stage's model
     infos: list[StageInfo] = []
@@ -219,6 +341,7 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
             new = _from_done(stage, stage_dir, done, selected=False) if done else {}
         elif done:
             print(f"[pipeline] {stage.name}: finished earlier ({done['seconds']:.0f} s), skipping", flush=True)
+            progress.skip(stage.name)
             new = _from_done(stage, stage_dir, done)
             infos.append(_info(stage.name, stage_dir, done["seconds"], "done (earlier run)"))
         elif not main_rank and not stage.every_rank:  # rank 0 runs it alone
@@ -227,52 +350,112 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
         else:
             t0 = time.time()
             print(f"\n[pipeline] ===== {stage.name} =====", flush=True)
+            progress.start(stage.name, **_stage_units(cfg, stage.name, stage_dir))
             new = stage.run(cfg, artefacts)
             seconds = time.time() - t0
+            progress.finish(stage.name, seconds)
             if main_rank:
                 _mark_done(stage_dir, seconds, **new)
             infos.append(_info(stage.name, stage_dir, seconds, "done"))
         artefacts.update(new)
         if "model" in new:
             models[stage.name] = new["model"]
-
-    if not main_rank:  # evaluation and the report are rank 0's
-        return out
-    evals = {}
-    if "eval" in wanted:
-        evals = run_evals(cfg, out, models, infos)
-    _write_report(out, cfg.name, cfg.base_model, infos, evals)
-    return out
+    return models, artefacts, infos
 
 
-def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInfo]) -> dict:
-    from posttrain.evaluation.compare import stage_stats
-    from posttrain.evaluation.runner import evaluate
+HELDOUT_TASKS = {"chat_nll": "heldout_sft", "preference": "heldout_dpo"}  # task -> the artefact it scores
 
-    evals: dict[str, dict[str, float]] = {}
-    t0 = time.time()
+
+def _eval_plan(cfg: PipelineConfig, models: dict, artefacts: dict) -> dict[str, tuple[list[str], dict]]:
+    """label -> (the tasks it is scored on, their data files)."""
+    from posttrain.evaluation.tasks import get_task
+
+    data = dict(cfg.eval.data)
+    for spec in cfg.eval.tasks:
+        name = get_task(spec).name
+        base = name.split(":", 1)[0]
+        if name not in data and base in HELDOUT_TASKS and artefacts.get(HELDOUT_TASKS[base]):
+            data[name] = artefacts[HELDOUT_TASKS[base]]
+    plan = {}
+    for label in cfg.eval.models:
+        if label in models:
+            tasks = [t for t in cfg.eval.tasks if label in cfg.eval.task_models.get(get_task(t).name, [label])]
+            plan[label] = (tasks, data)
+    return plan
+
+
+def _eval_units(cfg: PipelineConfig, out: Path, models: dict) -> dict:
+    """Progress of evaluation: result rows written of the samples asked for (when every task has a
+    limit; a task reading all of its data has no known size before it loads)."""
+    from posttrain.evaluation.tasks import get_task
+
+    total = 0
     for label in cfg.eval.models:
         if label not in models:
             continue
+        for t in cfg.eval.tasks:
+            name = get_task(t).name
+            if label not in cfg.eval.task_models.get(name, [label]):
+                continue
+            n = cfg.eval.task_limits.get(name, cfg.eval.limit)
+            if n is None:
+                return {}
+            total += n
+
+    def done() -> float:
+        return sum(sum(1 for _ in p.open(encoding="utf-8")) for p in (out / "eval").glob("*/*.jsonl"))
+
+    return {"done": done, "total": total, "unit": "sample"}
+
+
+def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInfo], artefacts: dict | None = None
+              ) -> dict:
+    from posttrain.evaluation.compare import generation_stats, implicit_reward_stats, stage_stats
+    from posttrain.evaluation.runner import evaluate
+    from posttrain.evaluation.tasks import get_task
+
+    evals: dict[str, dict[str, float]] = {}
+    t0 = time.time()
+    for label, (tasks, data) in _eval_plan(cfg, models, artefacts or {}).items():
         print(f"\n[pipeline] ===== eval: {label} ({models[label]}) =====", flush=True)
-        summary = evaluate(models[label], None, cfg.eval.tasks, cfg.eval.limit, out / "eval" / label,
-                           batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                           data_paths=cfg.eval.data, chat_template=cfg.chat_template)
+        names = [get_task(t).name for t in tasks]
+        limits = {n: cfg.eval.task_limits.get(n, cfg.eval.limit) for n in names}
+        budgets = {n: cfg.eval.task_max_new_tokens.get(n, cfg.eval.max_new_tokens) for n in names}
+        summary = evaluate(models[label], None, tasks, limits, out / "eval" / label,
+                           batch_size=cfg.eval.batch_size, max_new_tokens=budgets,
+                           data_paths=data, chat_template=cfg.chat_template, seed=cfg.seed or 0, progress=False)
         evals[label] = {f"{task}/{m}": v for task, res in summary["tasks"].items()
                         for m, v in res["metrics"].items() if isinstance(v, (int, float))}
     (out / "eval" / "table.json").write_text(json.dumps(evals, indent=2))
-    stats = stage_stats({label: out / "eval" / label for label in evals})  # intervals, paired deltas
+    dirs = {label: out / "eval" / label for label in evals}
+    stats = stage_stats(dirs)  # intervals, paired deltas
+    stats["generation"] = generation_stats(dirs)  # response lengths, finish reasons
+    stats["implicit_reward"] = implicit_reward_stats(dirs)  # DPO's held-out reward accuracy
     (out / "eval" / "stats.json").write_text(json.dumps(stats, indent=2))
     infos.append(_info("eval", out / "eval", time.time() - t0, "done"))
     return evals
 
 
-def _write_report(out: Path, title: str, base_model: str, infos: list[StageInfo], evals: dict) -> None:
+def _write_report(out: Path, cfg: PipelineConfig, infos: list[StageInfo], evals: dict,
+                  total_s: float | None = None) -> None:
+    from posttrain.report import ReportInputs
+
     decontam, stats = out / "decontaminate" / "report.md", out / "eval" / "stats.json"
-    md, html = write_report(out, title, infos, evals, decontam.read_text() if decontam.is_file() else None,
-                            notes=[f"base model: {base_model}", f"run directory: {out}"],
-                            stats=json.loads(stats.read_text()) if stats.is_file() else None)
+    inputs = ReportInputs(
+        title=cfg.name, stages=infos, evals=evals,
+        decontam_md=decontam.read_text() if decontam.is_file() else None,
+        notes=[f"base model: {cfg.base_model}", f"run directory: {out}"]
+        + ([f"seed: {cfg.seed}"] if cfg.seed is not None else [])
+        + ([f"total wall time: {total_s:.0f} s ({total_s / 60:.1f} min)"] if total_s else []),
+        stats=json.loads(stats.read_text()) if stats.is_file() else None,
+        targets=dict(cfg.eval.targets), examples=cfg.eval.examples, eval_dir=out / "eval",
+        prefs_stats=_json(out / "prefs" / "stats.json"), synth_stats=_json(out / "synth" / "stats.json"))
+    md, html = write_report(out, inputs)
     print(f"[pipeline] report: {md} and {html}", flush=True)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _info(stage: str, stage_dir: Path, seconds: float | None, status: str) -> StageInfo:
@@ -284,10 +467,11 @@ main = run_pipeline  # `posttrain run RECIPE.yaml`
 
 
 DEMO_RECIPE = REPO / "recipes" / "demo.yaml"
+DEMO_FULL_RECIPE = REPO / "recipes" / "demo-full.yaml"  # `posttrain demo --full`: the data loop too
 
 
 def demo(cfg: PipelineConfig) -> Path:
-    """`posttrain demo [key=value ...]`: recipes/demo.yaml on the embedded model."""
+    """`posttrain demo [--full] [key=value ...]`: recipes/demo.yaml (or demo-full.yaml) on the embedded model."""
     return run_pipeline(cfg)
 
 
@@ -295,6 +479,8 @@ CLI_STAGES = ("run", "demo")
 
 
 def cli(argv: list[str], stage: str) -> int:
+    full = stage == "demo" and "--full" in argv
+    argv = [a for a in argv if not (full and a == "--full")]
     path, overrides, want_help = parse_argv(argv, PipelineConfig)
     if want_help:
         print("\n".join(describe(PipelineConfig)))
@@ -302,7 +488,7 @@ def cli(argv: list[str], stage: str) -> int:
     if stage == "demo":
         if path is not None:
             raise ValueError("posttrain demo takes key=value overrides only; use `posttrain run RECIPE.yaml`")
-        path = str(DEMO_RECIPE)
+        path = str(DEMO_FULL_RECIPE if full else DEMO_RECIPE)
     if path is None:
         raise ValueError("usage: posttrain run RECIPE.yaml [key=value ...]")
     cfg = load_config(PipelineConfig, path, overrides)

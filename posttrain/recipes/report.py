@@ -19,13 +19,13 @@ class ReportConfig:
 
 
 def report(cfg: ReportConfig) -> Path:
-    import yaml
-
     out = Path(cfg.run_dir)
     recipe = out / "pipeline.yaml"
     if not recipe.is_file():
         raise FileNotFoundError(f"{recipe} not found: give the run directory of `posttrain run` (its output_dir)")
-    saved = yaml.safe_load(recipe.read_text()) or {}
+    pcfg = load_config(PipelineConfig, recipe, [])
+    if cfg.title:
+        pcfg.name = cfg.title
     infos = []
     for stage in STAGE_TABLE:
         stage_dir = out / stage.name
@@ -33,13 +33,16 @@ def report(cfg: ReportConfig) -> Path:
             infos.append(_info(stage.name, stage_dir, done["seconds"], "done"))
         elif stage_dir.is_dir():
             infos.append(_info(stage.name, stage_dir, None, "not finished"))
-    table = out / "eval" / "table.json"
+    table, timing = out / "eval" / "table.json", _read(out / "timing.json")
     evals = json.loads(table.read_text()) if table.is_file() else {}
     if evals:
-        infos.append(_info("eval", out / "eval", None, "done"))  # its time is not kept on disk
-    _write_report(out, cfg.title or saved.get("name") or PipelineConfig.name,
-                  saved.get("base_model", "unknown"), infos, evals)
+        infos.append(_info("eval", out / "eval", timing.get("eval_s"), "done"))
+    _write_report(out, pcfg, infos, evals, timing.get("total_s"))
     return out
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 CLI_STAGES = ("report",)

@@ -18,6 +18,7 @@ from posttrain.evaluation.tasks.alpaca_eval import AlpacaEvalTask
 from posttrain.evaluation.tasks.base import GenerationConfig, LoglikOutput, Sample, Task, render_prompt
 from posttrain.evaluation.tasks.bbh import BBHTask
 from posttrain.evaluation.tasks.bigcodebench import BigCodeBenchTask
+from posttrain.evaluation.tasks.chat_nll import ChatNLLTask
 from posttrain.evaluation.tasks.dm_math import DMMathTask
 from posttrain.evaluation.tasks.drop import DROPTask
 from posttrain.evaluation.tasks.gpqa import GPQATask
@@ -29,6 +30,7 @@ from posttrain.evaluation.tasks.minerva_math import MathTask
 from posttrain.evaluation.tasks.mmlu import MMLUCoTTask, MMLUMCTask
 from posttrain.evaluation.tasks.mmlu_pro import MMLUProTask
 from posttrain.evaluation.tasks.popqa import PopQATask
+from posttrain.evaluation.tasks.preference import PreferenceTask
 from posttrain.evaluation.tasks.truthfulqa import TruthfulQATask
 from posttrain.evaluation.tasks.verifiable import VerifiableTask
 from posttrain.evaluation.tasks.xstest import HarmBenchRefusalTask, XSTestTask
@@ -61,6 +63,9 @@ TASKS: dict[str, Callable[..., Task]] = {
     "dm_math": DMMathTask,
     "bigcodebench": BigCodeBenchTask,
     "bigcodebench_hard": lambda **kw: BigCodeBenchTask(name="bigcodebench_hard", subset="hard", **kw),
+    # what a training stage did, on the rows it held out (the pipeline passes them)
+    "chat_nll": ChatNLLTask,  # SFT: held-out NLL of the assistant turn
+    "preference": PreferenceTask,  # DPO: held-out chosen-vs-rejected likelihood accuracy and margin
 }
 
 
