@@ -443,12 +443,13 @@ def write_report(run_dir: Path, r: ReportInputs) -> tuple[Path, Path]:
     return md_path, html_path
 
 
-JUDGE_NOTE = ("What a 135M judge can tell: an empty, cut-off or off-topic response from one that answers, "
-              "and it fills in the rating format most of the time (the parse rate above). What it cannot: "
-              "whether a math answer or a fact is right, or which of two fluent answers is better; its "
-              "ratings crowd into a few values (the histogram), so many pairs are decided by noise. The "
-              "pairs are kept because the loop, not the judge, is what this demo shows; DPO mixes them "
-              "with human-labelled hh-rlhf pairs, and its held-out target is measured on those.")
+JUDGE_NOTE = ("What a 135M judge can and cannot tell: it returns the rating format for many responses (the "
+              "parse rate above), but its ratings crowd into a few values (the histogram) and many prompts end "
+              "tied or with fewer than two parsed ratings (no pair), so its pairs are few and noisy. It cannot "
+              "check whether a math answer or a fact is right, and docs/RESULTS_DATA.md shows it continuing "
+              "the text it was asked to rate and picking between two nonsense answers; its agreement with "
+              "human preferences is not measured here. The loop, not the judge, is what this run shows: DPO "
+              "mixes its pairs with human-labelled hh-rlhf pairs, and DPO's held-out target is measured on those.")
 
 
 def prefs_lines(st: dict) -> list[str]:

@@ -65,9 +65,16 @@ class EndpointConfig:
         return self.name or self.model or (self.checkpoint or "") or (self.base_url or "endpoint")
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 class LocalServer:
     """A checkpoint served by `posttrain serve` on a loopback port, started on first use, so a
     re-run whose calls are all cached never loads the model."""
+
+    # Two servers starting at once (the policy and an off-policy model, from asyncio.to_thread) load
+    # in parallel threads, which transformers' lazy imports and meta-device loading do not survive
+    # ("cannot import name AutoTokenizer", "Cannot copy out of meta tensor"): loads take turns.
 
     # A pipeline sends its calls in one burst, which a busy CPU parses one by one; a long batching
     # window (it only delays the first call) keeps the burst in one engine call.
@@ -87,7 +94,7 @@ class LocalServer:
         """Start the server if needed (blocking) and return its URL."""
         from posttrain.generation.server import ServeConfig, start_server
 
-        with self._lock:
+        with self._lock, _LOAD_LOCK:
             if self._handle is None:
                 t = time.perf_counter()
                 self._handle = start_server(ServeConfig(model=self.checkpoint, port=0, chat_template=self.chat_template,
