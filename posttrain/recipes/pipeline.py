@@ -319,7 +319,7 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
             return out
         evals = {}
         if "eval" in wanted:
-            progress.start("eval", **_eval_units(cfg, out, models))
+            progress.start("eval", **_eval_units(cfg, out, _eval_plan(cfg, models, artefacts)))
             evals = run_evals(cfg, out, models, infos, artefacts)
             progress.finish("eval")
         total = time.time() - progress.t0
@@ -384,28 +384,19 @@ def _eval_plan(cfg: PipelineConfig, models: dict, artefacts: dict) -> dict[str, 
     return plan
 
 
-def _eval_units(cfg: PipelineConfig, out: Path, models: dict) -> dict:
-    """Progress of evaluation: result rows written of the samples asked for (when every task has a
-    limit; a task reading all of its data has no known size before it loads)."""
+def _eval_units(cfg: PipelineConfig, out: Path, plan: dict[str, tuple[list[str], dict]]) -> dict:
+    """Progress of evaluation: result rows written of the samples `_eval_plan` asks for (when every
+    task has a limit; a task reading all of its data has no known size before it loads)."""
     from posttrain.evaluation.tasks import get_task
 
-    total = 0
-    for label in cfg.eval.models:
-        if label not in models:
-            continue
-        for t in cfg.eval.tasks:
-            name = get_task(t).name
-            if label not in cfg.eval.task_models.get(name, [label]):
-                continue
-            n = cfg.eval.task_limits.get(name, cfg.eval.limit)
-            if n is None:
-                return {}
-            total += n
+    sizes = [cfg.eval.task_limits.get(get_task(t).name, cfg.eval.limit) for tasks, _ in plan.values() for t in tasks]
+    if not sizes or None in sizes:
+        return {}
 
     def done() -> float:
         return sum(sum(1 for _ in p.open(encoding="utf-8")) for p in (out / "eval").glob("*/*.jsonl"))
 
-    return {"done": done, "total": total, "unit": "sample"}
+    return {"done": done, "total": sum(sizes), "unit": "sample"}
 
 
 def run_evals(cfg: PipelineConfig, out: Path, models: dict, infos: list[StageInfo], artefacts: dict | None = None
