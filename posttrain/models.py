@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -142,8 +143,9 @@ def _check_local_dir(name: str) -> str | None:
     ValueError for a path that does not exist or is not a Hugging Face model directory."""
     path = os.path.expanduser(name)
     if os.path.isdir(path):
-        if not (Path(path) / "config.json").is_file():
-            raise ValueError(f"model path {name}: not a Hugging Face model directory (no config.json in it)")
+        if not (Path(path) / "config.json").is_file() and not is_adapter_dir(path):
+            raise ValueError(f"model path {name}: not a Hugging Face model directory (no config.json or "
+                             f"adapter_config.json in it)")
         return path
     if os.path.exists(path):
         raise ValueError(f"model path {name} is a file; give the directory that holds config.json")
@@ -152,6 +154,33 @@ def _check_local_dir(name: str) -> str | None:
         raise ValueError(f"model path not found: {name} (not a local directory; hub ids look like org/name; "
                          f"embedded models: {embedded})")
     return None
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """A PEFT adapter directory (adapter_config.json, no config.json of a full model)."""
+    p = Path(os.path.expanduser(str(path)))
+    return p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    """The base model an adapter directory was trained on (its `base_model_name_or_path`)."""
+    cfg_path = Path(os.path.expanduser(str(path))) / "adapter_config.json"
+    try:
+        base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path}: cannot read the adapter config: {e}") from None
+    if not base:
+        raise ValueError(f"{cfg_path}: no base_model_name_or_path, so the adapter's base model is unknown")
+    return base
+
+
+def load_merged_adapter(path: str | os.PathLike, load_base):
+    """An adapter directory as a plain model: `load_base(base path)` (the causal LM or reward-model
+    loader), the adapter attached, and merged into the weights (`merge_and_unload`)."""
+    from peft import PeftModel
+
+    base = load_base(adapter_base(path))
+    return PeftModel.from_pretrained(base, os.path.expanduser(str(path))).merge_and_unload()
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
@@ -188,6 +217,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, chat_template: str = "model"
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        path = resolve_model_path(adapter_base(path))  # an adapter saved without its tokenizer
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
@@ -215,20 +246,29 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
+    quantization_config=None,
 ):
-    """Load a causal LM from an HF directory, a hub id, or an embedded model name."""
+    """Load a causal LM from an HF directory, a hub id, an embedded model name, or a PEFT adapter
+    directory (merged into its base). `quantization_config` (QLoRA's 4-bit base) places the model on
+    `device` while loading, as bitsandbytes requires."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype)
+    if is_adapter_dir(path):  # a LoRA stage's adapter: its base with the adapter merged in
+        return load_merged_adapter(path, lambda base: load_model(base, dtype, device, attn_implementation))
     kwargs = {"dtype": dtype or torch.float32}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        kwargs |= {"quantization_config": quantization_config, "device_map": {"": torch.device(device or "cuda")}}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ValueError(f"cannot load model from '{name_or_path}': {e}{_no_local_hint(path)}") from None
+    if quantization_config is not None:
+        return model  # a real 4-bit model: its quantization_config describes it
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     if device is not None:

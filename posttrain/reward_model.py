@@ -30,6 +30,11 @@ def load_reward_model(name_or_path: str, tokenizer=None, dtype: torch.dtype | st
 
     from posttrain.train.varlen_attn import hf_attn_implementation, install
 
+    from posttrain.models import is_adapter_dir, load_merged_adapter
+
+    if is_adapter_dir(resolve_model_path(name_or_path)):  # a LoRA reward model: merged into its base
+        return load_merged_adapter(resolve_model_path(name_or_path), lambda base: load_reward_model(
+            base, tokenizer, dtype, device, attn_implementation))
     kwargs = {"num_labels": 1, "dtype": parse_dtype(dtype) if isinstance(dtype, str) else (dtype or torch.float32),
               "attn_implementation": hf_attn_implementation(attn_implementation)}
     try:
@@ -49,7 +54,9 @@ def load_reward_model(name_or_path: str, tokenizer=None, dtype: torch.dtype | st
 
 def score_head(model) -> torch.nn.Module:
     head = getattr(model, "score", None)
-    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+    # Under LoRA the head is trained in full inside peft's wrapper, whose output is the live copy's.
+    plain = getattr(head, "original_module", head)
+    if not isinstance(plain, torch.nn.Linear) or plain.out_features != 1:
         raise ValueError(f"{type(model).__name__}: expected a scalar `score` head (num_labels=1)")
     return head
 

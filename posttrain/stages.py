@@ -46,6 +46,8 @@ OPTIONAL: dict[str, StageEntry] = {
     "run": StageEntry("posttrain.recipes.pipeline", "PipelineConfig", "main", "run a whole pipeline recipe"),
     "demo": StageEntry("posttrain.recipes.pipeline", "PipelineConfig", "demo",
                        "the full pipeline on the embedded model"),
+    "merge": StageEntry("posttrain.recipes.merge", "MergeConfig", "merge",
+                        "fold a LoRA adapter directory into its base: a plain HF directory"),
     "report": StageEntry("posttrain.recipes.report", "ReportConfig", "report",
                          "re-render report.md/report.html of a pipeline run directory"),
 }

@@ -8,7 +8,8 @@ from conftest import REPO
 
 # Lowest first; the same table as ARCHITECTURE.md's. The longest matching prefix decides a module's layer.
 LAYERS = [
-    ("base", ["posttrain.config", "posttrain.models", "posttrain.data.io", "posttrain.progress"]),
+    ("base", ["posttrain.config", "posttrain.models", "posttrain.data.io", "posttrain.progress",
+              "posttrain.tracking"]),
     ("tasks", ["posttrain.evaluation.tasks", "posttrain.evaluation.stats", "posttrain.evaluation.sandbox"]),
     ("data", ["posttrain.data"]),
     ("losses", ["posttrain.losses"]),

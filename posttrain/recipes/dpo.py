@@ -28,6 +28,7 @@ from posttrain.models import cache_dir, load_tokenizer, resolve_model_path
 from posttrain.train.common import (CheckpointConfig, ModelConfig, OptimConfig, PairStepsConfig, RunConfig,
                                     load_for_training)
 from posttrain.train.dist import DistInfo, all_reduce_max
+from posttrain.train.lora import adapters_disabled
 from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, fmt, open_run_dir, restore,
                                   resume_point, start_run, step_indices)
 from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs, train_pair_stage
@@ -128,8 +129,9 @@ def reference_for_run(cfg: DPOConfig, policy, pairs: list[TokenizedPair], info: 
     """Reference log-probs of `pairs` from the cache, or computed now and cached.
 
     When the reference is the policy's starting point and training has not begun, the policy
-    itself (same weights) runs the pass; otherwise a reference model is loaded for the pass and
-    freed before training.
+    itself (same weights) runs the pass; under LoRA the policy with its adapters switched off does,
+    also on resume (no second copy of the model); otherwise a reference model is loaded for the
+    pass and freed before training.
     """
     ref_path = cfg.ref.name_or_path or cfg.model.name_or_path
     key = cache_key(model=model_fingerprint(resolve_model_path(ref_path)), pairs=fingerprint_pairs(pairs),
@@ -142,10 +144,13 @@ def reference_for_run(cfg: DPOConfig, policy, pairs: list[TokenizedPair], info: 
 
     def compute() -> Tensor:
         log(f"[ref] computing reference log-probs of {len(pairs)} pairs with {ref_path} (no grad)")
+        if ref_path == cfg.model.name_or_path and cfg.model.lora.enabled:
+            with adapters_disabled(policy):  # the base under the adapters is the reference, resumed or not
+                return compute_pair_logps(policy, pairs, mbt, info)
         if ref_path == cfg.model.name_or_path and not resumed:
             return compute_pair_logps(policy, pairs, mbt, info)
-        ref_model = parallelize(load_for_training(cfg.model, info, dtype, init_from=ref_path).requires_grad_(False),
-                                info)
+        ref_model = parallelize(load_for_training(cfg.model, info, dtype, init_from=ref_path,
+                                                  reference=True).requires_grad_(False), info)
         try:
             return compute_pair_logps(ref_model, pairs, mbt, info)
         finally:

@@ -47,6 +47,7 @@ from posttrain.train.common import load_for_training
 from posttrain.train.dist import DistInfo
 from posttrain.train.loop import (Row, Run, Trainable, build_optimization, eval_every, finish, log_to, metrics_logger,
                                   open_run_dir, restore, resume_point, save_every, start_run, step_indices, train_loop)
+from posttrain.train.lora import apply_lora, is_peft, merged_state_dict, plain_copy, reference_view
 from posttrain.train.optim import build_optimizer
 from posttrain.train.parallel import copy_full_weights, full_state_dict, parallelize
 
@@ -62,9 +63,11 @@ def load_prompts(paths: list[str], data: RLVRData, tokenizer, log, limit: int | 
     return prompts
 
 
-def load_value_model(cfg: RLVRConfig, tokenizer, dtype, device):
+def load_value_model(cfg: RLVRConfig, tokenizer, dtype, device, resume_from: Path | None = None):
     """A scalar-head model (`AutoModelForSequenceClassification`) from a reward model, or from the
-    policy's checkpoint with a new head; same attention implementation as the policy."""
+    policy's checkpoint with a new head; same attention implementation as the policy. Under LoRA it
+    gets its own adapters (and a fully trained head) on the same frozen-base recipe; its state is
+    restored from the checkpoint's trainer state on resume, like a fully trained value model."""
     from posttrain.reward_model import load_reward_model
 
     model = load_reward_model(cfg.ppo.value_model or cfg.model.name_or_path, tokenizer, dtype, device,
@@ -72,6 +75,8 @@ def load_value_model(cfg: RLVRConfig, tokenizer, dtype, device):
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora, "reward", cfg.model.gradient_checkpointing)
     return model
 
 
@@ -173,16 +178,27 @@ class Models:
 def build_models(cfg: RLVRConfig, run: Run, tokenizer, resume_from: Path | None, total_steps: int) -> Models:
     info, dtype = run.info, run.dtype
     policy = load_for_training(cfg.model, info, dtype, init_from=str(resume_from) if resume_from else None)
-    generator = frozen(copy.deepcopy(policy)) if info.distributed else policy
+    generator = policy
+    live_adapters = cfg.model.lora.generation == "adapter" or cfg.model.lora.load_in_4bit  # QLoRA: never merged
+    if is_peft(policy) and live_adapters and info.distributed:
+        raise ValueError("model.lora.generation=adapter (and QLoRA) generate with the training model itself, "
+                         "which under torchrun is sharded: use model.lora.generation=merged")
+    if is_peft(policy) and not live_adapters:
+        generator = frozen(plain_copy(policy))  # refreshed from the adapters after every step
+    elif info.distributed:
+        generator = frozen(copy.deepcopy(policy))
     policy = parallelize(policy, info)
     parts = [Trainable("policy", policy, *build_optimization(policy, cfg.optim, total_steps))]
     ref = None
-    if cfg.kl.beta > 0:  # always the original weights, also when resuming
+    if cfg.kl.beta > 0 and is_peft(policy) and cfg.kl.reference in (None, cfg.model.name_or_path):
+        ref = reference_view(policy)  # the base under the adapters: no second copy of the weights
+    elif cfg.kl.beta > 0:  # always the original weights, also when resuming
         ref_cfg = dataclasses.replace(cfg.model, name_or_path=cfg.kl.reference or cfg.model.name_or_path,
                                       gradient_checkpointing=False)
-        ref = parallelize(frozen(load_for_training(ref_cfg, info, dtype)), info)
+        ref = parallelize(frozen(load_for_training(ref_cfg, info, dtype, reference=True)), info)
     if cfg.algorithm == "ppo":
-        value_model = parallelize(load_value_model(cfg, tokenizer, dtype, info.device), info)
+        value_model = load_value_model(cfg, tokenizer, dtype, info.device, resume_from)
+        value_model = parallelize(value_model, info)
         value_optimizer = build_optimizer(value_model, cfg.ppo.value_lr or cfg.optim.lr, cfg.optim.weight_decay,
                                           (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps)
         parts.append(Trainable("value", value_model.train(), value_optimizer))
@@ -239,10 +255,10 @@ def main(cfg: RLVRConfig) -> Path:
         with warnings.catch_warnings():  # a step whose groups were all filtered made no update
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             scheduler.step()
+        if m.generator is not policy:  # the sync generator follows the shards, or the merged adapters
+            refresh_generator(m.generator, policy, info)
         if worker and step + 1 <= worker.last_needed_version:
-            worker.push_weights(step + 1, full_state_dict(policy) if info.distributed else policy)
-        if info.distributed:  # the sync generator follows the shards
-            copy_full_weights(m.generator, policy)
+            worker.push_weights(step + 1, generator_state(m.generator, policy, info))
         t2 = time.perf_counter()
         if info.is_main:
             append_samples(run.run_dir, batch.samples)
@@ -269,6 +285,23 @@ def main(cfg: RLVRConfig) -> Path:
     models = {"final": policy} | ({"final_value": m.parts[1].model} if len(m.parts) > 1 else {})
     return finish(run, tokenizer, models, {"algorithm": cfg.algorithm, "prompts": len(prompts)}, total_steps,
                   save_as={"final": m.generator if info.distributed else policy})
+
+
+def generator_state(generator, policy, info: DistInfo):
+    """What the async generator loads after an update: the sync generator's state when there is a
+    separate one (already refreshed), else the policy itself (copied by `push_weights`)."""
+    if generator is policy:
+        return policy
+    return {k: v.detach().clone() for k, v in generator.state_dict().items()}
+
+
+def refresh_generator(generator, policy, info: DistInfo) -> None:
+    """Copy the trained weights into the generator: gathered from the shards under FSDP, merged
+    from the adapters under LoRA (the live weights stay unmerged)."""
+    if is_peft(policy):
+        generator.load_state_dict(merged_state_dict(policy, full_state_dict(policy) if info.distributed else None))
+    else:
+        copy_full_weights(generator, policy)
 
 
 def async_worker(cfg: RLVRConfig, gen_engine: Engine, produce, start_step: int, total_steps: int):

@@ -24,6 +24,7 @@ from posttrain.models import load_tokenizer
 from posttrain.reward_model import load_reward_model, pair_rewards
 from posttrain.train.common import CheckpointConfig, ModelConfig, OptimConfig, PairStepsConfig, RunConfig
 from posttrain.train.dist import all_reduce_max
+from posttrain.train.lora import apply_lora, resume_lora
 from posttrain.train.loop import (Row, Trainable, build_optimization, clip_and_step, fmt, open_run_dir, restore,
                                   resume_point, start_run, step_indices)
 from posttrain.train.pairs import evaluate_pairs, mean_stats, pair_passes, plan_pairs, train_pair_stage
@@ -86,11 +87,18 @@ def main(cfg: RMConfig) -> Path:
 
     open_run_dir(run, cfg)
     resume_from = resume_point(run, cfg)
-    model = load_reward_model(str(resume_from) if resume_from else cfg.model.name_or_path, tokenizer, run.dtype,
-                              attn_implementation=cfg.model.attn_implementation)
+    lora = cfg.model.lora
+    if lora.load_in_4bit:
+        raise ValueError("model.lora.load_in_4bit (QLoRA) is not offered for reward models: train plain LoRA")
+    # Under LoRA a checkpoint is the adapter (and head): the base is always model.name_or_path.
+    start = cfg.model.name_or_path if lora.enabled or not resume_from else str(resume_from)
+    model = load_reward_model(start, tokenizer, run.dtype, attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if lora.enabled:  # adapters on the body, the new score head trained in full
+        model = resume_lora(model, resume_from) if resume_from else apply_lora(model, lora, "reward",
+                                                                               cfg.model.gradient_checkpointing)
     model = parallelize(model.to(info.device), info)
     parts = [Trainable("policy", model, *build_optimization(model, cfg.optim, total_steps))]
     optimizer, scheduler = parts[0].optimizer, parts[0].scheduler

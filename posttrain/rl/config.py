@@ -133,3 +133,10 @@ class RLVRConfig:
             raise ValueError("GRPO needs rollout.samples_per_prompt >= 2 (the group baseline)")
         if self.algorithm == "grpo" and self.kl.placement == "reward":
             raise ValueError("kl.placement=reward needs per-token returns (algorithm=ppo); GRPO uses kl.placement=loss")
+        lora = self.model.lora
+        if lora.enabled and lora.dropout > 0:
+            raise ValueError(f"model.lora.dropout={lora.dropout}: RLVR needs 0, since the trainer's log-probs must "
+                             f"match the generator's for the importance ratio and KL (dropout makes them random)")
+        if lora.enabled and (lora.load_in_4bit or lora.generation == "adapter") and self.rollout.mode == "async":
+            raise ValueError("rollout.mode=async needs a separate generator copy: with QLoRA or "
+                             "model.lora.generation=adapter use rollout.mode=sync")

@@ -1,7 +1,8 @@
 """Checkpoints as plain Hugging Face directories plus the state needed to resume exactly.
 
 Layout of a checkpoint directory (`<run>/checkpoints/step_000123/`):
-- the model and tokenizer as `save_pretrained` writes them (`from_pretrained` loads the directory);
+- the model and tokenizer as `save_pretrained` writes them (`from_pretrained` loads the directory;
+  under LoRA it is the adapter directory, which `PeftModel.from_pretrained` loads onto the base);
 - `trainer_state.pt`: optimizer, scheduler, RNG states, step, and the data position;
 - `posttrain_config.yaml`: the resolved config of the run.
 It is written under a temporary name and renamed, so a crash never leaves a half checkpoint that
@@ -65,7 +66,8 @@ def _published(final: Path, prefix: str):
 
 def _write_hf(model, tokenizer, path: Path, state_dict: dict | None) -> None:
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "quantization_config"):
+    # A peft model writes only its adapter; its base's config (QLoRA: a real 4-bit one) stays as it is.
+    if config is not None and hasattr(config, "quantization_config") and not hasattr(model, "peft_config"):
         delattr(config, "quantization_config")
     model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:

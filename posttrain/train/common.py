@@ -16,6 +16,7 @@ import torch
 
 from posttrain.config import dump_config, field
 from posttrain.train.dist import DistInfo, print0
+from posttrain.train.lora import LoraConfig
 
 
 @dataclasses.dataclass
@@ -27,6 +28,7 @@ class ModelConfig:
     attn_implementation: str = field("varlen", "varlen (packed, per-document fused attention), varlen_flash "
                                      "(same, through torch's varlen flash kernel on CUDA; opt-in, unmeasured), "
                                      "or an HF implementation: sdpa, eager, flash_attention_2")
+    lora: LoraConfig = field(LoraConfig(), "LoRA / DoRA / QLoRA adapters (peft) instead of full fine-tuning")
 
 
 @dataclasses.dataclass
@@ -88,8 +90,18 @@ class RunConfig:
     resume: bool = field(False, "continue from the latest checkpoint in output_dir")
     seed: int = field(42, "seed for data order and initialisation")
     device: str = field("auto", "auto, cpu, cuda")
-    tensorboard: bool = field(False, "also write TensorBoard event files")
+    tensorboard: bool = field(False, "also write TensorBoard event files (the same as report_to: [tensorboard])")
+    report_to: list[str] = field([], "experiment trackers: any of tensorboard, wandb, mlflow, trackio "
+                                     "(pip install -e .[trackers])")
+    run_name: str | None = field(None, "tracker run name (default: the run directory's name)")
+    run_group: str | None = field(None, "tracker group tying runs together (the pipeline sets its own name)")
     progress: bool = field(True, "show a progress bar")
+
+    def validate(self):
+        if self.report_to:
+            from posttrain.tracking import check_report_to
+
+            check_report_to(self.report_to)
 
 
 def check_max_steps(max_steps: int | None) -> None:
@@ -166,16 +178,28 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
-def load_for_training(mcfg: ModelConfig, info: DistInfo, dtype: torch.dtype, init_from: str | None = None):
-    """Load the policy model for training: dtype, attention, checkpointing, device."""
+def load_for_training(mcfg: ModelConfig, info: DistInfo, dtype: torch.dtype, init_from: str | None = None,
+                      reference: bool = False):
+    """Load the policy model for training: dtype, attention, checkpointing, device.
+
+    With `model.lora.enabled` (and not `reference`, a frozen model loaded for scoring) the model is
+    the base `model.name_or_path` wrapped in trainable adapters; `init_from` is then a checkpoint's
+    adapter directory, re-attached to the base for an exact resume."""
     from posttrain.models import load_model
 
+    from posttrain.train.lora import apply_lora, quantization_config, resume_lora
     from posttrain.train.varlen_attn import hf_attn_implementation, install
 
     impl = mcfg.attn_implementation
-    model = install(load_model(init_from or mcfg.name_or_path, dtype=dtype,
-                               attn_implementation=hf_attn_implementation(impl)), impl)
+    lora = mcfg.lora.enabled and not reference
+    quant = quantization_config(mcfg.lora, info.device, dtype) if lora else None
+    path = mcfg.name_or_path if lora else (init_from or mcfg.name_or_path)
+    model = install(load_model(path, dtype=dtype, attn_implementation=hf_attn_implementation(impl),
+                               quantization_config=quant, device=info.device if quant else None), impl)
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    return model.to(info.device)
+    if lora:
+        model = resume_lora(model, init_from) if init_from else apply_lora(model, mcfg.lora, "causal",
+                                                                           mcfg.gradient_checkpointing)
+    return model if quant else model.to(info.device)

@@ -33,6 +33,7 @@ from posttrain.train import checkpoint as ckpt
 from posttrain.train.common import (check_run_dir, config_text, peak_rss_mb, resolve_dtype, save_resolved_config,
                                     seed_everything, write_summary)
 from posttrain.train.dist import DistInfo, cleanup, init_distributed, print0
+from posttrain.train.lora import is_peft, save_merged, trainable_summary
 from posttrain.train.metrics import MetricsLogger
 from posttrain.train.optim import build_optimizer, build_scheduler
 from posttrain.train.parallel import (load_model_state, load_optimizer_state, model_state_dict, optimizer_state_dict,
@@ -217,25 +218,37 @@ def save_every(run: Run, cfg, total_steps: int, tokenizer, parts: Sequence[Train
 
 
 def metrics_logger(run: Run, cfg, total_steps: int, start_step: int) -> MetricsLogger:
+    trackers = dict(report_to=cfg.run.report_to, run_name=cfg.run.run_name, run_group=cfg.run.run_group,
+                    config=dataclasses.asdict(cfg)) if cfg.run.report_to else {}
     return MetricsLogger(run.run_dir, total_steps, start_step, enabled=run.info.is_main,
-                         tensorboard=cfg.run.tensorboard, desc=run.stage, progress=cfg.run.progress)
+                         tensorboard=cfg.run.tensorboard, desc=run.stage, progress=cfg.run.progress, **trackers)
 
 
 def finish(run: Run, tokenizer, models: dict[str, Any], summary: Row, steps: int,
            save_as: dict[str, Any] | None = None) -> Path:
     """Save each model as a plain HF directory `<run_dir>/<name>` (`save_as[name]` is the module
     whose config and class are written, default the unwrapped model), write summary.json, leave
-    the process group. Gathering full weights is collective: every rank calls this."""
+    the process group. A LoRA model is saved twice: its adapter directory `<name>_adapter`
+    (`PeftModel.from_pretrained` loads it) and, merged into the base, the plain `<name>` that the
+    next stage and the evaluation read. Gathering full weights is collective: every rank calls this."""
     state_dicts = {name: model_state_dict(m, run.info) for name, m in models.items()}
     final = run.run_dir / next(iter(models))
+    adapters = {}
     if run.info.is_main:
         for name, m in models.items():
+            if is_peft(m):
+                adapters[name] = str(run.run_dir / f"{name}_adapter")
+                ckpt.save_hf(m, tokenizer, run.run_dir / f"{name}_adapter", state_dict=state_dicts[name])
+                save_merged(m, run.run_dir / name, tokenizer, state_dicts[name])
+                continue
             ckpt.save_hf((save_as or {}).get(name, unwrap(m)), tokenizer, run.run_dir / name,
                          state_dict=state_dicts[name])
+        extra = {"adapters": adapters, **trainable_summary(next(iter(models.values())))} if adapters else {}
         write_summary(run.run_dir, {"stage": run.stage, **summary, "steps": steps,
                                     "world_size": run.info.world_size, "wall_s": time.time() - run.started,
-                                    "peak_rss_mb": peak_rss_mb(), "final_model": str(final)})
-    run.log(f"[{run.stage}] done: {steps} steps; model saved to {final}")
+                                    "peak_rss_mb": peak_rss_mb(), "final_model": str(final), **extra})
+    run.log(f"[{run.stage}] done: {steps} steps; model saved to {final}"
+            + (f" (adapter: {final}_adapter)" if adapters else ""))
     cleanup(run.info)
     return final
 

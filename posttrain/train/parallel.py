@@ -13,6 +13,7 @@ from posttrain.train.dist import DistInfo
 
 
 def _blocks(model) -> list[torch.nn.Module]:
+    model = _hf_model(model)
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -32,8 +33,14 @@ def parallelize(model: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for block in _blocks(model):
         fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    # Under LoRA the root is the HF model inside peft's wrapper (which holds no weights of its own).
+    fully_shard(_hf_model(model), mesh=mesh, mp_policy=mp)
     return model
+
+
+def _hf_model(model):
+    get_base = getattr(type(model), "get_base_model", None)  # a peft PeftModel
+    return model.get_base_model() if get_base is not None else model
 
 
 def model_state_dict(model: torch.nn.Module, info: DistInfo) -> dict | None:
