@@ -97,3 +97,27 @@ def test_flash_kernel_is_cuda_only_by_default(monkeypatch):
 def test_unknown_kernel_is_an_error():
     with pytest.raises(ValueError, match="valid: sdpa, flash"):
         varlen_attn.register("triton")
+
+
+def test_hf_generation_path_masks_left_padding_under_varlen_attention():
+    """Left-padded generation (the HF backend) through our attention name must get a padding mask:
+    transformers builds none for an unregistered name, and padded rows used to attend to their pads."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import tiny_model
+    from posttrain.generation import Engine
+    from posttrain.generation.sampling import SamplingParams
+    from posttrain.train.varlen_attn import install
+
+    model = install(tiny_model(), "varlen")
+    outs = Engine(model, None, backend="hf").generate(
+        [[1, 100, 200, 300, 400], [1, 500]], SamplingParams(max_new_tokens=5, temperature=1.0, n=2, seed=3))
+    for o in outs:  # each sequence alone, unpadded, through the same model
+        ids = torch.tensor([o.prompt_token_ids + o.token_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        n = len(o.prompt_token_ids)
+        expected = torch.tensor([lp[n - 1 + i, t].item() for i, t in enumerate(o.token_ids)])
+        torch.testing.assert_close(torch.tensor(o.logprobs), expected, atol=1e-4, rtol=0)
