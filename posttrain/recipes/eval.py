@@ -54,8 +54,15 @@ class EvalConfig:
                                                "judge.base_url + judge.model, or judge.checkpoint (served in-process)")
     judge_logprobs: int = field(0, "ask the judge endpoint for this many first-token alternatives and read preferences "
                                    "as probabilities (hosted APIs; `posttrain serve` does not return them)")
+    report_to: list[str] = field([], "experiment trackers: any of tensorboard, wandb, mlflow, trackio "
+                                     "(pip install -e .[trackers])")
+    run_name: str | None = field(None, "tracker run name (default: the output directory's name)")
+    run_group: str | None = field(None, "tracker group tying runs together")
 
     def validate(self):
+        from posttrain.tracking import check_report_to
+
+        check_report_to(self.report_to)
         if self.suite:
             if self.tasks != list(DEFAULT_TASKS):
                 raise ValueError("give tasks or suite, not both")
@@ -98,5 +105,25 @@ def main(cfg: EvalConfig) -> int:
         # transformers' and the OS's messages can span lines; the user gets exactly one
         raise ValueError(" ".join(str(e).split())) from None
     print(markdown_summary(summary))
+    if cfg.report_to:
+        track(cfg, out, summary)
     print(f"[eval] results in {out} ({summary['wall_s']:.0f} s)")
     return 0
+
+
+def track(cfg: EvalConfig, out: Path, summary: dict) -> None:
+    """The results to the trackers of `report_to`: the config, one table (a row per task, a column
+    per metric), the metrics as numbers at step 0, and summary.md. A re-run of the same output
+    directory (eval resumes) continues the same tracker runs."""
+    from posttrain.tracking import numeric, open_trackers, wide_table
+
+    metrics = {task: numeric(res["metrics"]) for task, res in summary["tasks"].items()}
+    trackers = open_trackers(cfg.report_to, out, name=cfg.run_name, group=cfg.run_group,
+                             config=dataclasses.asdict(cfg), job_type="eval", resume=True)
+    try:
+        trackers.log_metrics(0, {f"eval/{task}/{m}": v for task, ms in metrics.items() for m, v in ms.items()})
+        trackers.log_table("eval/results", *wide_table(metrics, key="task"), step=0)
+        for name in ("summary.md", "config.yaml"):
+            trackers.log_artifact(out / name)
+    finally:
+        trackers.finish()

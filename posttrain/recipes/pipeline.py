@@ -83,8 +83,14 @@ class PipelineConfig:
     eval: EvalSpec = field(EvalSpec(), "evaluation of base and stage models")
     recipe_dir: str = field("", "directory stage config paths are relative to (set from the recipe file)")
     rank_wait_s: float = field(86400.0, "under torchrun: how long ranks > 0 wait for rank 0's single-process stages")
+    report_to: list[str] = field([], "experiment trackers for every training stage and the report: any of "
+                                     "tensorboard, wandb, mlflow, trackio (pip install -e .[trackers])")
+    run_name: str | None = field(None, "tracker group of the run's stages (default: the output directory's name)")
 
     def validate(self):
+        from posttrain.tracking import check_report_to
+
+        check_report_to(self.report_to)
         for stage in ("synth", "decontaminate", "prefs", "rlvr"):
             if getattr(self, stage).heldout:
                 raise ConfigError(f"{stage}.heldout: only sft and dpo hold out rows (rlvr has eval.paths)")
@@ -229,7 +235,7 @@ def _trainer(stage: str, data: str | None) -> Callable[[PipelineConfig, dict], d
         stage_dir = _dir(cfg, stage)
         overrides = [f"model.name_or_path={artefacts['model']}", f"model.chat_template={cfg.chat_template}",
                      f"run.output_dir={stage_dir}", f"run.resume={str(stage_dir.exists()).lower()}"]
-        overrides += _seed(cfg, "run.seed")
+        overrides += _seed(cfg, "run.seed") + _tracker_overrides(cfg, stage)
         paths, new = (artefacts.get(data) if data else None), {}
         if paths and getattr(cfg, stage).extra_data:
             paths = list(paths) + [str(_resolve(cfg, p)) for p in getattr(cfg, stage).extra_data]
@@ -246,6 +252,39 @@ def _trainer(stage: str, data: str | None) -> Callable[[PipelineConfig, dict], d
         return {"model": _final_model(stage_dir), **new}
 
     return run
+
+
+def _run_group(cfg: PipelineConfig) -> str:
+    return cfg.run_name or Path(cfg.output_dir).resolve().name
+
+
+def _tracker_overrides(cfg: PipelineConfig, stage: str) -> list[str]:
+    """A training stage reports to the pipeline's trackers as `<group>/<stage>` in the group (JSON
+    values: the config parser reads them as YAML, so a name like `2024` stays a string)."""
+    if not cfg.report_to:
+        return []
+    group = _run_group(cfg)
+    return [f"run.report_to={json.dumps(list(cfg.report_to))}", f"run.run_group={json.dumps(group)}",
+            f"run.run_name={json.dumps(f'{group}/{stage}')}"]
+
+
+def _track_report(out: Path, cfg: PipelineConfig, evals: dict) -> None:
+    """The pipeline's own tracker run, `<group>/report`: its config, one eval table (a row per
+    model, a column per task/metric) and the same numbers as metrics, the report and its plots."""
+    from posttrain.tracking import open_trackers, wide_table
+
+    group = _run_group(cfg)
+    trackers = open_trackers(cfg.report_to, out, name=f"{group}/report", group=group,
+                             config=dataclasses.asdict(cfg), job_type="report", resume=True, store_dir=out)
+    try:
+        if evals:
+            trackers.log_metrics(0, {f"eval/{label}/{k}": v for label, ms in evals.items() for k, v in ms.items()})
+            trackers.log_table("eval/results", *wide_table(evals, key="model"), step=0)
+        files = [out / "report.md", out / "report.html", out / "pipeline.yaml", *sorted((out / "plots").glob("*.png"))]
+        for path in files:
+            trackers.log_artifact(path, name=str(path.relative_to(out)))
+    finally:
+        trackers.finish()
 
 
 STAGE_TABLE = (
@@ -326,6 +365,8 @@ def _run_pipeline(cfg: PipelineConfig) -> Path:
         eval_s = next((i.seconds for i in infos if i.name == "eval"), None)
         (out / "timing.json").write_text(json.dumps({"total_s": total, "eval_s": eval_s}, indent=2))
         _write_report(out, cfg, infos, evals, total)
+        if cfg.report_to:
+            _track_report(out, cfg, evals)
     print(f"[pipeline] finished in {total:.0f} s ({total / 60:.1f} min)", flush=True)
     return out
 

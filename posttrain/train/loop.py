@@ -218,10 +218,10 @@ def save_every(run: Run, cfg, total_steps: int, tokenizer, parts: Sequence[Train
 
 
 def metrics_logger(run: Run, cfg, total_steps: int, start_step: int) -> MetricsLogger:
-    trackers = dict(report_to=cfg.run.report_to, run_name=cfg.run.run_name, run_group=cfg.run.run_group,
-                    config=dataclasses.asdict(cfg)) if cfg.run.report_to else {}
     return MetricsLogger(run.run_dir, total_steps, start_step, enabled=run.info.is_main,
-                         tensorboard=cfg.run.tensorboard, desc=run.stage, progress=cfg.run.progress, **trackers)
+                         tensorboard=cfg.run.tensorboard, desc=run.stage, progress=cfg.run.progress,
+                         report_to=cfg.run.report_to, run_name=cfg.run.run_name, run_group=cfg.run.run_group,
+                         config=dataclasses.asdict(cfg))
 
 
 def finish(run: Run, tokenizer, models: dict[str, Any], summary: Row, steps: int,
