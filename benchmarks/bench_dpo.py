@@ -19,6 +19,17 @@ step. The lr is high enough that the loss leaves ln 2 after step 1 (every step-1
 because policy == reference), so agreement on later steps checks gradients and updates too.
 Known difference: TRL's completion also holds the template's newline after <|im_end|> (one
 token per side), ours stops at <|im_end|>; losses agree closely but not exactly.
+
+Modes (`--modes`, default `full`, the recorded full fine-tuning benchmark unchanged; `full,lora`
+adds LoRA rows): `lora` trains peft adapters on every linear layer except the output head
+(--lora-r/--lora-alpha/--lora-dropout, lr --lora-lr). TRL gets `peft_config=` the very
+`peft.LoraConfig` posttrain builds from its `model.lora.*` keys (`posttrain.train.lora.peft_config`);
+both seed torch with --seed right before creating the adapters, so both start from the same
+adapter weights and the per-step losses stay comparable. Under LoRA neither side holds a second
+model: the reference is the base with the adapters switched off, run once and cached by posttrain,
+run every step (inside TRL's loop) or once up front (`precompute_ref_log_probs`) by TRL.
+
+    python benchmarks/bench_dpo.py --modes full,lora --out runs/bench-dpo/lora.json
 """
 
 from __future__ import annotations
@@ -26,20 +37,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from peft_side import MODES, add_lora_args, lr_for, parse_modes, peak_rss_mb, posttrain_side, trainable_params, trl_side
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "preference" / "hh_rlhf_helpful_base_test.jsonl")
 TRL_LOSS = {"dpo": "sigmoid", "dpo_norm": "sigmoid_norm"}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ---------------------------------------------------------------- data shared by both trainers
@@ -78,35 +86,25 @@ def run_ours(args) -> dict:
     from posttrain.config import load_config
     from posttrain.recipes.dpo import DPOConfig, main
 
-    from posttrain.train import checkpoint as ckpt
-
     torch.set_num_threads(args.threads)
-    # TRL's side saves nothing (save_strategy="no"); ours always writes the final model. Read the
-    # peak RSS just before that save so both columns measure training alone, and keep the
-    # whole-process figure too.
-    seen = {}
-    original_save = ckpt.save_hf
-
-    def save_hf(*a, **kw):
-        seen.setdefault("peak_rss_train_mb", peak_rss_mb())
-        return original_save(*a, **kw)
-
-    ckpt.save_hf = save_hf
-    out = Path(args.workdir) / f"ours-{args.loss}"
+    overrides, seen = posttrain_side(args)
+    out = Path(args.workdir) / f"ours-{args.loss}-{args.mode}"
     beta = args.beta_norm if args.loss == "dpo_norm" else args.beta
     cfg = load_config(DPOConfig, None, [
         f"model.name_or_path={args.model}", "model.dtype=float32", f"data.paths=[{args.pairs}]",
         "data.format=prompt_chosen_rejected", f"data.max_length={args.max_length}", f"loss.name={args.loss}",
         f"loss.beta={beta}", f"train.batch_size={args.batch}", f"train.micro_batch_tokens={args.micro_tokens}",
-        f"train.max_steps={args.steps}", f"optim.lr={args.lr}", "optim.schedule=constant", "optim.warmup_ratio=0",
-        "optim.max_grad_norm=1.0", f"run.seed={args.seed}", f"run.output_dir={out}", "run.progress=false",
-        f"ref.cache_dir={Path(args.workdir) / f'refcache-{args.loss}'}"])
+        f"train.max_steps={args.steps}", f"optim.lr={lr_for(args)}", "optim.schedule=constant",
+        "optim.warmup_ratio=0", "optim.max_grad_norm=1.0", f"run.seed={args.seed}", f"run.output_dir={out}",
+        "run.progress=false", f"ref.cache_dir={Path(args.workdir) / f'refcache-{args.loss}-{args.mode}'}",
+        *overrides])
     main(cfg)
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # loop_s: start of step 1 to the end of the last step (elapsed_s), i.e. without the final save
     return {"ref_s": summary["ref_pass_s"], "loop_s": rows[-1]["elapsed_s"], "losses": [r["loss"] for r in rows],
-            "peak_rss_train_mb": seen["peak_rss_train_mb"], "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_train_mb": seen["peak_rss_train_mb"], "peak_rss_mb": peak_rss_mb(),
+            "trainable_params": summary.get("trainable_params")}
 
 
 def run_trl(args) -> dict:
@@ -114,6 +112,7 @@ def run_trl(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
+    from trl.trainer import dpo_trainer
 
     from posttrain.models import load_tokenizer, resolve_model_path
 
@@ -136,38 +135,40 @@ def run_trl(args) -> dict:
     micro = min(args.trl_micro, args.batch)
     beta = args.beta_norm if args.loss == "dpo_norm" else args.beta
     cfg = DPOConfig(
-        output_dir=str(Path(args.workdir) / f"trl-{args.loss}-{args.precompute}"), max_steps=args.steps,
+        output_dir=str(Path(args.workdir) / f"trl-{args.loss}-{args.precompute}-{args.mode}"), max_steps=args.steps,
         per_device_train_batch_size=micro, gradient_accumulation_steps=args.batch // micro,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        learning_rate=lr_for(args), lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=beta, loss_type=[TRL_LOSS[args.loss]], max_length=args.max_length, logging_steps=1,
         save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
         train_sampling_strategy="sequential", precompute_ref_log_probs=args.precompute == "yes",
         dataloader_num_workers=0, seed=args.seed, disable_tqdm=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    extra = trl_side(args, dpo_trainer)
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, **extra)
     t0 = time.perf_counter()
     trainer.train()
     loop_s = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     rss = peak_rss_mb()
-    return {"ref_s": timing["ref_s"], "loop_s": loop_s, "losses": losses, "peak_rss_train_mb": rss, "peak_rss_mb": rss}
+    return {"ref_s": timing["ref_s"], "loop_s": loop_s, "losses": losses, "peak_rss_train_mb": rss, "peak_rss_mb": rss,
+            "trainable_params": trainable_params(trainer.model) if args.mode == "lora" else None}
 
 
 # ---------------------------------------------------------------- parent
 
-def child(args, which: str, loss: str, precompute: str, pairs: Path) -> dict:
+def child(args, which: str, loss: str, precompute: str, pairs: Path, mode: str = "full") -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--loss", loss, "--precompute", precompute,
-           "--pairs", str(pairs), "--workdir", args.workdir]
+           "--pairs", str(pairs), "--workdir", args.workdir, "--mode", mode]
     for k in ("model", "max_length", "batch", "steps", "lr", "beta", "beta_norm", "micro_tokens", "trl_micro",
-              "threads", "seed"):
+              "threads", "seed", "lora_lr", "lora_r", "lora_alpha", "lora_dropout"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    print(f"[bench] {which} {loss} precompute={precompute} ...", flush=True)
+    print(f"[bench] {which} {mode} {loss} precompute={precompute} ...", flush=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:  # keep going: one side failing (e.g. killed for memory) is itself a result
-        print(f"[bench] {which} {loss} precompute={precompute} FAILED (exit {r.returncode}):\n{r.stderr[-3000:]}",
-              flush=True)
+        print(f"[bench] {which} {mode} {loss} precompute={precompute} FAILED (exit {r.returncode}):\n"
+              f"{r.stderr[-3000:]}", flush=True)
         return {"error": f"exit {r.returncode}"}
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
@@ -180,7 +181,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch", type=int, default=8, help="pairs per optimizer step (effective batch)")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=2e-5, help="full fine-tuning lr")
+    p.add_argument("--modes", default="full", help="comma list of full,lora")
+    add_lora_args(p)
     p.add_argument("--beta", type=float, default=0.1, help="β for dpo / sigmoid")
     p.add_argument("--beta-norm", type=float, default=5.0, help="β for dpo_norm / sigmoid_norm")
     p.add_argument("--micro-tokens", type=int, default=1024,
@@ -199,6 +202,7 @@ def main() -> None:
     p.add_argument("--child", choices=["ours", "trl"])
     p.add_argument("--loss", default="dpo")
     p.add_argument("--precompute", default="no")
+    p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--pairs")
     p.add_argument("--workdir")
     args = p.parse_args()
@@ -212,54 +216,77 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
+    modes = parse_modes(args.modes)
     n = args.steps * args.batch
     with tempfile.TemporaryDirectory(prefix="bench_dpo_") as workdir:
         args.workdir = workdir
         ours_pairs, trl_pairs = prepare(args, Path(workdir))
         results = []
-        for loss in args.losses.split(","):
+        for mode, loss in ((m, x) for m in modes for x in args.losses.split(",")):
             runs = [("ours", "yes")] + [("trl", pre) for pre in args.trl_precompute.split(",")
                                         if pre == "no" or not args.precompute_losses
                                         or loss in args.precompute_losses.split(",")]
             for which, pre in runs:
-                r = {"trainer": "posttrain" if which == "ours" else "trl",
-                     "loss": loss if which == "ours" else TRL_LOSS[loss],
-                     "ref": "precomputed+cached" if which == "ours" else
-                            ("precompute_ref_log_probs" if pre == "yes" else "ref model in memory"),
-                     **child(args, which, loss, pre, ours_pairs if which == "ours" else trl_pairs)}
+                r = {"trainer": "posttrain" if which == "ours" else "trl", "mode": mode,
+                     "loss": loss if which == "ours" else TRL_LOSS[loss], "ref": reference_label(which, pre, mode),
+                     "precompute": pre,
+                     **child(args, which, loss, pre, ours_pairs if which == "ours" else trl_pairs, mode)}
                 if "error" not in r:
                     r["pairs_per_s_loop"] = n / r["loop_s"]
                     r["pairs_per_s_total"] = n / (r["loop_s"] + r["ref_s"])
                 results.append(r)
                 save(results)
+    lora = (f" lora: r={args.lora_r} alpha={args.lora_alpha:g} dropout={args.lora_dropout:g} all-linear "
+            f"lr={args.lora_lr}" if "lora" in modes else "")
     print(f"\nmodel={args.model} max_length={args.max_length} batch={args.batch} steps={args.steps} "
-          f"threads={args.threads} lr={args.lr} ({n} pairs; pairs/s over the training loop, "
+          f"threads={args.threads} lr={args.lr}{lora} ({n} pairs; pairs/s over the training loop, "
           f"and over ref pass + loop)\n")
     print(report(results))
 
 
+def reference_label(which: str, precompute: str, mode: str) -> str:
+    if mode == "lora":  # no second model on either side: the base with adapters off
+        if which == "ours":
+            return "adapters off, precomputed+cached"
+        return "adapters off, precompute_ref_log_probs" if precompute == "yes" else "adapters off, every step"
+    if which == "ours":
+        return "precomputed+cached"
+    return "precompute_ref_log_probs" if precompute == "yes" else "ref model in memory"
+
+
 def report(results: list[dict]) -> str:
     """Markdown table, then per-loss ratios and loss agreement against each TRL variant."""
-    lines = ["| trainer | loss | reference | ref pass s | loop s | pairs/s loop | pairs/s ref+loop "
-             "| peak RSS MB (training) | peak RSS MB (process) | loss per step |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| trainer | mode | trainable params | loss | reference | ref pass s | loop s | pairs/s loop "
+             "| pairs/s ref+loop | peak RSS MB (training) | peak RSS MB (process) | loss per step |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
+        mode = r["mode"]
+        trainable = f"{r['trainable_params']:,}" if r.get("trainable_params") else "all"
         if "error" in r:
-            lines.append(f"| {r['trainer']} | {r['loss']} | {r['ref']} | failed ({r['error']}) ||||||")
+            lines.append(f"| {r['trainer']} | {mode} | | {r['loss']} | {r['ref']} | failed ({r['error']}) |||||||")
             continue
-        lines.append(f"| {r['trainer']} | {r['loss']} | {r['ref']} | {r['ref_s']:.1f} | {r['loop_s']:.1f} | "
+        lines.append(f"| {r['trainer']} | {mode} | {trainable} | {r['loss']} | {r['ref']} | {r['ref_s']:.1f} | "
+                     f"{r['loop_s']:.1f} | "
                      f"{r['pairs_per_s_loop']:.3f} | {r['pairs_per_s_total']:.3f} | {r['peak_rss_train_mb']:.0f} | "
                      f"{r['peak_rss_mb']:.0f} | {', '.join(f'{x:.4f}' for x in r['losses'])} |")
     lines.append("")
     for ours in (r for r in results if r["trainer"] == "posttrain" and "error" not in r):
         for r in (x for x in results if x["trainer"] == "trl" and x["loss"] == TRL_LOSS[ours["loss"]]
-                  and "error" not in x):
+                  and x["mode"] == ours["mode"] and "error" not in x):
             dloss = max(abs(a - b) for a, b in zip(ours["losses"], r["losses"]))
-            lines.append(f"{ours['loss']} vs trl {r['loss']} ({r['ref']}): "
+            lines.append(f"{ours['mode']}: {ours['loss']} vs trl {r['loss']} ({r['ref']}): "
                          f"pairs/s loop x{ours['pairs_per_s_loop'] / r['pairs_per_s_loop']:.2f}, "
                          f"ref+loop x{ours['pairs_per_s_total'] / r['pairs_per_s_total']:.2f}; peak RSS (training) "
                          f"{ours['peak_rss_train_mb']:.0f} vs {r['peak_rss_train_mb']:.0f} MB; "
                          f"max |Δloss| over steps {dloss:.2e}")
+    for name in ("posttrain", "trl"):  # what LoRA buys each trainer, like for like (same loss, same reference)
+        for lo in (r for r in results if r["trainer"] == name and r["mode"] == "lora" and "error" not in r):
+            for f in (r for r in results if r["trainer"] == name and r["mode"] == "full" and "error" not in r
+                      and r["loss"] == lo["loss"] and r["precompute"] == lo["precompute"]):
+                lines.append(f"{name} {lo['loss']} ({lo['ref']} vs {f['ref']}): lora/full pairs/s loop "
+                             f"x{lo['pairs_per_s_loop'] / f['pairs_per_s_loop']:.2f}, ref+loop "
+                             f"x{lo['pairs_per_s_total'] / f['pairs_per_s_total']:.2f}; peak RSS (training) "
+                             f"{lo['peak_rss_train_mb']:.0f} vs {f['peak_rss_train_mb']:.0f} MB")
     return "\n".join(lines)
 
 if __name__ == "__main__":
