@@ -13,6 +13,10 @@ tok/s counts generated tokens only (up to and including EOS in `eos` mode). Each
 runs in a fresh subprocess after a warm-up, so peak RSS is its own. On CUDA, HF's static cache +
 torch.compile path is measured too. `--methods hf,ours,ours-unpacked` adds the engine without its
 oneDNN-packed weights (CPU fp32), to see what packing buys.
+
+`--backends native,vllm` measures posttrain's engine against vLLM (`vllm` method: VLLMEngine, same
+prompts as token ids, same greedy settings; needs vLLM, see scripts/check_vllm_cpu.sh):
+    python benchmarks/bench_generate.py --backends native,vllm --batch-sizes 32 --new-tokens 256 --threads 2
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time: over a timed run's wall time it shows whether the threads got their
+    cores (about --threads) or shared them with something else on the machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _sync(device: str) -> None:
     import torch
     if device.startswith("cuda"):
@@ -88,10 +99,18 @@ def child(args) -> None:
     from posttrain.generation import Engine, SamplingParams
 
     dtype = parse_dtype(args.dtype) if args.dtype else default_dtype(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=dtype, device=args.device).eval()
     prompts = build_prompts(tok, args.batch)
     engine = None
+    setup = time.perf_counter()
+    if args.method == "vllm":  # loads the weights itself (and compiles, unless --vllm-eager)
+        from posttrain.generation.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(args.model, tok, dtype=dtype, max_batch_size=args.batch, enforce_eager=args.vllm_eager)
+    else:
+        model = load_model(args.model, dtype=dtype, device=args.device).eval()
     if args.method.startswith("ours"):  # ours-unpacked: MKL on the live weights (no oneDNN copies)
         engine = Engine(model, tok, max_batch_size=args.batch,
                         packed_gemm=False if args.method == "ours-unpacked" else None)
@@ -102,6 +121,7 @@ def child(args) -> None:
             return [o.token_ids for o in engine.generate(batch, params)]
         return _hf_run(model, tok, batch, n_new, fixed, args.device, static=args.method == "hf-static")
 
+    setup = time.perf_counter() - setup
     # warm-up: one-time costs (oneDNN/cuBLAS init, CUDA graphs, torch.compile) stay out of timings
     if args.method == "hf-static":
         run(prompts, True, args.new_tokens)  # compiles for this exact shape
@@ -111,13 +131,15 @@ def child(args) -> None:
             run(prompts, True, args.new_tokens)  # captures the CUDA graphs for every bucket
     for mode in args.modes.split(","):
         _sync(args.device)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), cpu_seconds()
         rows = run(prompts, mode == "fixed", args.new_tokens)
         _sync(args.device)
         dt = time.perf_counter() - t
+        cpu = cpu_seconds() - cpu
         gen = sum(len(r) for r in rows)
         print(json.dumps({"method": args.method, "batch": args.batch, "mode": mode, "seconds": dt,
-                          "tokens": gen, "tok_s": gen / dt, "peak_rss_mib": peak_rss_mib(), "eos": tok.eos_token_id, "rows": rows}),
+                          "tokens": gen, "tok_s": gen / dt, "peak_rss_mib": peak_rss_mib(), "eos": tok.eos_token_id, "rows": rows,
+                          "setup_s": setup, "cpu_per_s": cpu / dt, "loadavg": os.getloadavg()[0]}),
               flush=True)
 
 
@@ -129,7 +151,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--modes", default="fixed,eos")
-    ap.add_argument("--methods", default=None, help="default: hf,ours (+ hf-static on CUDA); also ours-unpacked")
+    ap.add_argument("--methods", default=None, help="default: hf,ours (+ hf-static on CUDA); also ours-unpacked, vllm")
+    ap.add_argument("--backends", default=None, help="native,vllm: shorthand for --methods ours,vllm")
+    ap.add_argument("--threads", type=int, default=0, help="torch / OpenMP threads of each run (0: torch's default)")
+    ap.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (starts faster)")
     ap.add_argument("--json", default=None, help="also write all results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", default=None, help=argparse.SUPPRESS)
@@ -138,14 +163,19 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.backends:
+        names = {"native": "ours", "vllm": "vllm"}
+        args.methods = ",".join(names[b] for b in args.backends.split(","))
     methods = args.methods or ("hf,hf-static,ours" if args.device.startswith("cuda") else "hf,ours")
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     results = []
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         for method in methods.split(","):
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--method", method, "--batch", str(b),
                    "--model", args.model, "--device", args.device, "--new-tokens", str(args.new_tokens),
-                   "--modes", args.modes] + (["--dtype", args.dtype] if args.dtype else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+                   "--modes", args.modes, "--threads", str(args.threads)] \
+                + (["--dtype", args.dtype] if args.dtype else []) + (["--vllm-eager"] if args.vllm_eager else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
                 print(f"{method} batch {b} FAILED:\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -154,7 +184,8 @@ def main() -> None:
                 r = json.loads(ln)
                 results.append(r)
                 print(f"  {method:9s} batch {b:3d} {r['mode']:5s}: {r['tok_s']:8.1f} tok/s  {r['seconds']:7.2f}s  "
-                      f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+                      f"peak RSS {r['peak_rss_mib']:.0f} MiB  (load {r['setup_s']:.0f} s; CPU {r['cpu_per_s']:.2f} "
+                      f"cores busy, loadavg {r['loadavg']:.1f})", flush=True)
     print_table(results)
     if args.json:
         with open(args.json, "w") as fh:
@@ -163,15 +194,16 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     by = {(r["method"], r["batch"], r["mode"]): r for r in results}
-    print("\n| batch | mode | method | tok/s | time s | speed-up vs HF | peak RSS MiB | same tokens as HF |")
+    base = "hf" if any(m == "hf" for m, _, _ in by) else "ours"  # HF, or the native engine when vs vLLM
+    print(f"\n| batch | mode | method | tok/s | time s | speed-up vs {base} | peak RSS MiB | same tokens as {base} |")
     print("|---|---|---|---|---|---|---|---|")
     for (method, b, mode), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        hf = by.get(("hf", b, mode))
+        hf = by.get((base, b, mode))
         speed = f"{r['tok_s'] / hf['tok_s']:.2f}x" if hf else "-"
         if mode == "eos" and hf:  # same workload, so wall time is the fair ratio
             speed = f"{hf['seconds'] / r['seconds']:.2f}x (time)"
         same = "-"
-        if hf and method != "hf":
+        if hf and method != base:
             # in fixed mode HF's min_new_tokens masks EOS, so compare up to our first EOS only
             e = r["eos"]
             pairs = [(_before_eos(a, e), h[: len(_before_eos(a, e))]) if mode == "fixed" else (a, h)

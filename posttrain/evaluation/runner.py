@@ -259,7 +259,7 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
              limit: int | None | dict[str, int] = None, out_dir: str | Path | None = None, *, batch_size: int = 32,
              flush_every: int | None = None, max_new_tokens: int | None | dict[str, int] = None,
              data_paths: dict[str, str] | None = None, seed: int = 0, device: str = "auto",
-             dtype: str = "auto", chat_template: str | None = None, backend: str = "auto",
+             dtype: str = "auto", chat_template: str | None = None, backend: str = "auto", vllm=None,
              overwrite: bool = False, progress: bool = True, engine=None, log=print,
              missing_data: str = "error", judge=None) -> dict:
     """Evaluate a model (an HF directory / embedded name, or a loaded model + its tokenizer).
@@ -268,6 +268,8 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     (nothing is written and nothing resumed when `out_dir` is None) and returns the summary:
     `{"model", "limit", "wall_s", "tasks": {name: {"metrics", "primary_metric", "n", ...}}}`.
     `engine` (anything with `Engine.generate`'s signature) replaces the one built here.
+    `backend`: the native engine's auto/fast/hf, or "vllm" (a `VLLMEngine` with the `vllm`
+    settings, a `VLLMConfig`; from a path it loads the weights itself, without a torch copy).
     `limit` and `max_new_tokens` may be dicts (task name -> value); a task they do not name gets
     its default (all samples, its own generation budget).
     """
@@ -308,7 +310,12 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, tasks: Sequence[str | Ta
     def get_engine():
         # the model loads only when some sample still needs generating (a finished run re-summarises)
         nonlocal model, engine
-        if engine is None:
+        if engine is None and backend == "vllm":
+            from posttrain.generation.vllm_engine import make_engine
+
+            engine = make_engine("vllm", str(model_or_path) if from_path else model, tokenizer,
+                                 max_batch_size=batch_size, vllm=vllm, dtype=dtype, device=device)
+        elif engine is None:
             from posttrain.generation import Engine
 
             model = load_eval_model(str(model_or_path), device, dtype) if from_path else model

@@ -82,6 +82,23 @@ def default_stop_token_ids(model, tokenizer) -> tuple[int, ...]:
     return () if eos is None else (int(eos),)
 
 
+
+def encode_prompts(tokenizer, prompts: list, add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of each prompt (strings through the tokenizer, id lists as they are); shared by
+    the engines so that every backend rejects the same inputs the same way."""
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ValueError(f"generate: prompt {i} is a string but the engine has no tokenizer")
+            ids = tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]
+        else:
+            ids = [int(t) for t in p]
+        if not ids:
+            raise ValueError(f"generate: prompt {i} is empty")
+        out.append(ids)
+    return out
+
 class Engine:
     """Holds a model, its backend (fast Llama-family path or the HF fallback) and its KV cache.
 
@@ -190,18 +207,7 @@ class Engine:
         return plist
 
     def _encode(self, prompts: list, add_special_tokens: bool) -> list[list[int]]:
-        out = []
-        for i, p in enumerate(prompts):
-            if isinstance(p, str):
-                if self.tokenizer is None:
-                    raise ValueError(f"generate: prompt {i} is a string but the engine has no tokenizer")
-                ids = self.tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]
-            else:
-                ids = [int(t) for t in p]
-            if not ids:
-                raise ValueError(f"generate: prompt {i} is empty")
-            out.append(ids)
-        return out
+        return encode_prompts(self.tokenizer, prompts, add_special_tokens)
 
     def _make_sequences(self, prompts: list[list[int]], plist: list[SamplingParams],
                         prompt_keys: Sequence[int] | None = None) -> list[_Seq]:

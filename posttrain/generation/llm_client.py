@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Literal, Sequence
 
 from posttrain.config import ConfigError, field
 
@@ -40,6 +40,8 @@ class EndpointConfig:
     checkpoint: str | None = field(None, "serve this checkpoint (HF dir or embedded name) in-process "
                                          "instead of calling base_url")
     chat_template: str = field("model", "chat template of a local checkpoint (model, tulu, or Jinja)")
+    backend: Literal["auto", "fast", "hf", "vllm"] = field("auto", "generation backend of a local checkpoint's server "
+                                                                  "(vllm: pip install -e .[vllm]; docs/VLLM.md)")
     api_key_env: str = field("OPENAI_API_KEY", "environment variable holding the API key")
     max_concurrency: int = field(16, "requests in flight at once")
     max_retries: int = field(4, "retries of a failed call (connection errors, timeouts, 429, 5xx)")
@@ -344,7 +346,7 @@ class LLMClient:
 # ----------------------------------------------------------------------------------- endpoints
 
 
-def resolve_endpoint(cfg: EndpointConfig, local: dict[tuple[str, str], LocalServer] | None = None) -> Endpoint:
+def resolve_endpoint(cfg: EndpointConfig, local: dict[tuple[str, str, str], LocalServer] | None = None) -> Endpoint:
     """A URL (or local server), model and key for `cfg`; `local` maps checkpoints to their servers."""
     cfg.validate()
     if cfg.checkpoint:
@@ -353,6 +355,8 @@ def resolve_endpoint(cfg: EndpointConfig, local: dict[tuple[str, str], LocalServ
         identity = f"checkpoint:{_checkpoint_identity(cfg.checkpoint)}"
         if cfg.chat_template != "model":
             identity += f"|template:{hashlib.sha256(cfg.chat_template.encode()).hexdigest()[:12]}"
+        if cfg.backend == "vllm":  # other samples for the same seeds: cached native answers do not apply
+            identity += "|backend:vllm"
         return Endpoint(cfg, cfg.model or server.model, "local", identity, local=server)
     base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
     if not base_url:
@@ -365,8 +369,8 @@ def resolve_endpoint(cfg: EndpointConfig, local: dict[tuple[str, str], LocalServ
     return Endpoint(cfg, cfg.model, key, identity=url, url=url)
 
 
-def _local_key(cfg: EndpointConfig) -> tuple[str, str]:
-    return (cfg.checkpoint or "", cfg.chat_template)
+def _local_key(cfg: EndpointConfig) -> tuple[str, str, str]:
+    return (cfg.checkpoint or "", cfg.chat_template, cfg.backend)
 
 
 def _checkpoint_identity(checkpoint: str) -> str:
@@ -379,12 +383,14 @@ def open_endpoints(configs: Sequence[EndpointConfig], serve_overrides: dict | No
                    ) -> Iterator[list[Endpoint]]:
     """Resolve endpoints; each distinct local checkpoint gets one lazily started server, shut
     down on exit."""
-    servers: dict[tuple[str, str], LocalServer] = {}
+    servers: dict[tuple[str, str, str], LocalServer] = {}
     try:
         for cfg in configs:
             cfg.validate()
             if cfg.checkpoint and _local_key(cfg) not in servers:
-                servers[_local_key(cfg)] = LocalServer(cfg.checkpoint, cfg.chat_template, serve_overrides)
+                overrides = serve_overrides if cfg.backend == "auto" else \
+                    {**(serve_overrides or {}), "backend": cfg.backend}
+                servers[_local_key(cfg)] = LocalServer(cfg.checkpoint, cfg.chat_template, overrides)
         yield [resolve_endpoint(cfg, servers) for cfg in configs]
     finally:
         for server in servers.values():

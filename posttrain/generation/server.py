@@ -34,6 +34,7 @@ from posttrain.config import ConfigError, field
 from posttrain.generation.engine import Completion
 from posttrain.generation.openai_api import create_app
 from posttrain.generation.sampling import SamplingParams, sequence_key
+from posttrain.generation.vllm_engine import VLLMConfig
 
 # ----------------------------------------------------------------------------------- config
 
@@ -49,7 +50,9 @@ class ServeConfig:
     chat_template: str = field("model", "'model' (the tokenizer's own), 'tulu', or a Jinja template")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field("auto", "auto = fp32 on CPU, bf16 on CUDA")
     device: str = field("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    backend: Literal["auto", "fast", "hf"] = field("auto", "engine backend (see generation/engine.py)")
+    backend: Literal["auto", "fast", "hf", "vllm"] = field("auto", "engine backend: auto/fast/hf (generation/engine.py)"
+                                                                  " or vllm (pip install -e .[vllm]; docs/VLLM.md)")
+    vllm: VLLMConfig = field(VLLMConfig(), "backend=vllm: the vLLM engine's settings")
     max_batch: int = field(32, "most requests decoded by one engine call")
     batch_window_ms: float = field(50.0, "a batch keeps collecting while requests arrive less than this apart "
                                           "(at most 10 windows in all)")
@@ -256,7 +259,7 @@ class ChatService:
         self.max_n, self.max_tokens_limit = max_n, max_tokens_limit
         self.default_max_tokens = default_max_tokens if max_tokens_limit is None \
             else min(default_max_tokens, max_tokens_limit)
-        self.context = int(engine.backend.max_positions)
+        self.context = int(engine.max_positions if hasattr(engine, "max_positions") else engine.backend.max_positions)
         self.created = int(time.time())
 
         def run_batch(prompts, params):
@@ -274,6 +277,8 @@ class ChatService:
 
     def close(self) -> None:
         self.batcher.close()
+        if hasattr(self.engine, "close"):  # a vLLM engine holds its memory until closed
+            self.engine.close()
 
 
 def load_service(cfg: ServeConfig) -> ChatService:
@@ -287,8 +292,14 @@ def load_service(cfg: ServeConfig) -> ChatService:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = default_dtype(device) if cfg.dtype == "auto" else parse_dtype(cfg.dtype)
     tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
-    model = load_model(cfg.model, dtype=dtype, device=device).eval()
-    engine = Engine(model, tokenizer, backend=cfg.backend, max_batch_size=cfg.engine_rows)
+    if cfg.backend == "vllm":  # vLLM loads the weights itself
+        from posttrain.generation.vllm_engine import make_engine
+
+        engine = make_engine("vllm", cfg.model, tokenizer, max_batch_size=cfg.engine_rows, vllm=cfg.vllm, dtype=dtype,
+                             device=device)
+    else:
+        model = load_model(cfg.model, dtype=dtype, device=device).eval()
+        engine = Engine(model, tokenizer, backend=cfg.backend, max_batch_size=cfg.engine_rows)
     return ChatService(engine, tokenizer, cfg.name, max_batch=cfg.max_batch, batch_window_ms=cfg.batch_window_ms,
                        default_max_tokens=cfg.default_max_tokens, max_n=cfg.max_n, aliases=(cfg.model,),
                        max_tokens_limit=cfg.max_tokens_limit)

@@ -20,6 +20,7 @@ from typing import Literal
 
 from posttrain.config import dump_config, field
 from posttrain.generation.llm_client import EndpointConfig
+from posttrain.generation.vllm_engine import VLLMConfig
 from posttrain.evaluation.results import markdown_summary
 # Re-exported: these lived here before the runner moved to posttrain/evaluation/ (#15).
 from posttrain.evaluation.runner import (DEFAULT_TASKS, check_model_source, default_output_dir,  # noqa: F401
@@ -47,7 +48,9 @@ class EvalConfig:
     chat_template: str = field("model", "'model' (the tokenizer's own), 'tulu', or a Jinja template")
     data: dict[str, str] = field({}, "data file per task, e.g. data.gsm8k=path.jsonl or hf:<id> (default: shared data)")
     seed: int = field(0, "sampling seed (decoding is greedy; used only by sampling tasks)")
-    backend: Literal["auto", "fast", "hf"] = field("auto", "generation backend of the engine")
+    backend: Literal["auto", "fast", "hf", "vllm"] = field("auto", "generation backend: the engine's auto/fast/hf, "
+                                                                  "or vllm (pip install -e .[vllm]; docs/VLLM.md)")
+    vllm: VLLMConfig = field(VLLMConfig(), "backend=vllm: the vLLM engine's settings")
     overwrite: bool = field(False, "discard existing results in output_dir instead of resuming")
     progress: bool = field(True, "show a progress bar")
     judge: EndpointConfig | None = field(None, "LLM judge for judged tasks (alpaca_eval, xstest with classifier=judge): "
@@ -96,8 +99,9 @@ def main(cfg: EvalConfig) -> int:
             summary = evaluate(cfg.model, None, cfg.tasks, cfg.limit, out, batch_size=cfg.batch_size,
                                flush_every=cfg.flush_every or None, max_new_tokens=cfg.max_new_tokens,
                                data_paths=cfg.data, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                               chat_template=cfg.chat_template, backend=cfg.backend, overwrite=cfg.overwrite,
-                               progress=cfg.progress, judge=judge, missing_data=cfg.missing_data
+                               chat_template=cfg.chat_template, backend=cfg.backend, vllm=cfg.vllm,
+                               overwrite=cfg.overwrite, progress=cfg.progress, judge=judge,
+                               missing_data=cfg.missing_data
                                if cfg.missing_data != "auto" else ("skip" if cfg.suite else "error"))
     except (ValueError, OSError) as e:
         if os.environ.get("POSTTRAIN_DEBUG"):

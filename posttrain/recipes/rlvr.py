@@ -32,6 +32,7 @@ from posttrain.data.chat import LoadStats
 from posttrain.data.rlvr import load_rlvr_rows
 from posttrain.models import load_tokenizer
 from posttrain.rl.advantages import grpo_selection, ppo_advantages, ppo_token_rewards
+from posttrain.rl import ray_rlvr
 from posttrain.rl.async_worker import AsyncRolloutWorker
 from posttrain.rl.buffer import TrainSamples, per_sample_to_tokens
 from posttrain.rl.config import (KLConfig, PPOConfig, RewardConfig, RLVRConfig, RLVRData, RLVREval,  # noqa: F401
@@ -43,6 +44,7 @@ from posttrain.rl.rollouts import (Prompt, RolloutBatch, RolloutSettings, encode
 from posttrain.rl.update import (PassSettings, PolicyLoss, policy_update, score_logprobs, score_values,
                                  value_update)
 from posttrain.generation import Engine
+from posttrain.generation.vllm_engine import make_engine as build_engine
 from posttrain.train.common import load_for_training
 from posttrain.train.dist import DistInfo
 from posttrain.train.loop import (Row, Run, Trainable, build_optimization, eval_every, finish, log_to, metrics_logger,
@@ -207,6 +209,8 @@ def build_models(cfg: RLVRConfig, run: Run, tokenizer, resume_from: Path | None,
 
 
 def main(cfg: RLVRConfig) -> Path:
+    if ray_rlvr.hands_off(cfg):  # distributed.engine=ray: Ray actors run this function as the learners
+        return ray_rlvr.launch(cfg, main)
     run = start_run(cfg, "rlvr")
     info, log = run.info, run.log
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)
@@ -222,8 +226,9 @@ def main(cfg: RLVRConfig) -> Path:
     start_step = restore(run, resume_from, m.parts, total_steps)
 
     def make_engine(model):
-        return Engine(model, tokenizer, backend=cfg.rollout.engine_backend,
-                      max_batch_size=cfg.rollout.engine_max_batch_size)
+        backend = "vllm" if cfg.rollout.backend == "vllm" else cfg.rollout.engine_backend
+        return build_engine(backend, model, tokenizer, max_batch_size=cfg.rollout.engine_max_batch_size,
+                            vllm=cfg.rollout.vllm, config_key="rollout.backend")
 
     engine = make_engine(m.generator)  # sync rollouts and evaluation
     settings = RolloutSettings.from_config(cfg.rollout, cfg.reward)
@@ -234,8 +239,9 @@ def main(cfg: RLVRConfig) -> Path:
         return generate_rollouts(eng, prompts, idx, step, version, cfg.run.seed, settings, m.rm,
                                  shard=(info.rank, info.world_size))
 
-    worker = async_worker(cfg, make_engine(frozen(copy.deepcopy(m.generator))), produce, start_step,
-                          total_steps) if cfg.rollout.mode == "async" else None
+    pool = ray_rlvr.learner_pool(cfg, prompts, start_step, total_steps, m.generator)  # a Ray learner: its rollouts
+    worker = pool or (async_worker(cfg, make_engine(frozen(copy.deepcopy(m.generator))), produce, start_step,
+                                   total_steps) if cfg.rollout.mode == "async" else None)
 
     # The loss and the step function are picked once, here.
     loss = PolicyLoss(cfg.train.eps_low, cfg.train.eps_high, cfg.train.tis_cap, cfg.kl.loss_beta, cfg.kl.estimator,
@@ -245,7 +251,10 @@ def main(cfg: RLVRConfig) -> Path:
 
     def step_fn(step: int) -> Row:
         t0 = time.perf_counter()
-        batch = gather_batch(worker.get(step) if worker else produce(engine, step, step), info)
+        if pool:  # every rank gets the whole batch from the Ray generators
+            batch = pool.get(step)
+        else:
+            batch = gather_batch(worker.get(step) if worker else produce(engine, step, step), info)
         t1 = time.perf_counter()
         passes = PassSettings(cfg.train.epochs, cfg.train.num_minibatches, cfg.train.micro_batch_tokens,
                               cfg.optim.max_grad_norm, seed=cfg.run.seed * 100003 + step,
@@ -257,8 +266,10 @@ def main(cfg: RLVRConfig) -> Path:
             scheduler.step()
         if m.generator is not policy:  # the sync generator follows the shards, or the merged adapters
             refresh_generator(m.generator, policy, info)
+        if cfg.rollout.backend == "vllm":  # vLLM holds its own copy of the weights (merged under LoRA)
+            engine.update_weights(m.generator.state_dict())
         if worker and step + 1 <= worker.last_needed_version:
-            worker.push_weights(step + 1, generator_state(m.generator, policy, info))
+            worker.push_weights(step + 1, m.generator if pool else generator_state(m.generator, policy, info))
         t2 = time.perf_counter()
         if info.is_main:
             append_samples(run.run_dir, batch.samples)
@@ -281,6 +292,8 @@ def main(cfg: RLVRConfig) -> Path:
     finally:
         if worker:
             worker.close()
+        if cfg.rollout.backend == "vllm":
+            engine.close()
         logger.close()
     models = {"final": policy} | ({"final_value": m.parts[1].model} if len(m.parts) > 1 else {})
     return finish(run, tokenizer, models, {"algorithm": cfg.algorithm, "prompts": len(prompts)}, total_steps,
