@@ -2,9 +2,16 @@
 per-step metrics and the same final weights, bit for bit, as the code gave when the values were
 recorded. They guard refactors that must not change behaviour.
 
-The values live in tests/fixtures/golden/<case>.json. To re-record them after an intended change
-of behaviour, run `POSTTRAIN_RECORD_GOLDEN=1 python -m pytest tests/test_golden_stages.py` and say
-in the commit why the numbers moved.
+The values live in tests/fixtures/golden/<case>.json, one record per CPU kernel family
+(`torch.backends.cpu.get_cpu_capability()`: AVX2, AVX512, ...), because the same float32 sums come
+out in other last bits on other vector units (the AVX2 records reproduce on an AMD EPYC, not on an
+AVX-512 Xeon, for the same commit). On a recorded family the check is bit for bit; on another one
+the metrics are compared to the first record within a tolerance far below any behavioural change
+(rtol 1e-4) and the weights, whose digests cannot match, are not compared. To (re-)record this
+machine's family after an intended change of behaviour, run
+`POSTTRAIN_RECORD_GOLDEN=1 python -m pytest tests/test_golden_stages.py` (other families' records
+are kept: re-record them on such a machine, or delete them) and say in the commit why the numbers
+moved.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from posttrain.train.metrics import read_metrics
 
 GOLDEN = REPO / "tests" / "fixtures" / "golden"
 RECORD = os.environ.get("POSTTRAIN_RECORD_GOLDEN") == "1"
+CPU = torch.backends.cpu.get_cpu_capability()  # the kernel family the float sums depend on
 # Wall-clock metrics change from run to run; everything else must not.
 TIMING = ("time/", "elapsed_s", "samples_per_s", "tokens_per_s", "pairs_per_s", "ref_pass_s")
 
@@ -84,13 +92,24 @@ def _curve(run_dir: Path) -> list[dict]:
 def _check(case: str, run_dir: Path, final_dirs: list[str]) -> None:
     got = {"metrics": _curve(run_dir), "weights": {d: _weights_digest(run_dir / d) for d in final_dirs}}
     path = GOLDEN / f"{case}.json"
+    records = json.loads(path.read_text()) if path.is_file() else {}
     if RECORD:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        path.write_text(json.dumps({**records, CPU: got}, indent=1, sort_keys=True) + "\n")
         return
-    want = json.loads(path.read_text())
-    assert got["metrics"] == want["metrics"], f"{case}: per-step metrics changed"
-    assert got["weights"] == want["weights"], f"{case}: final weights changed"
+    assert records, f"{case}: no golden record in {path}"
+    if CPU in records:
+        want = records[CPU]
+        assert got["metrics"] == want["metrics"], f"{case}: per-step metrics changed ({CPU} record)"
+        assert got["weights"] == want["weights"], f"{case}: final weights changed ({CPU} record)"
+        return
+    family, want = next(iter(sorted(records.items())))
+    assert len(got["metrics"]) == len(want["metrics"]), f"{case}: number of metric rows changed"
+    for g, w in zip(got["metrics"], want["metrics"]):
+        assert sorted(g) == sorted(w), f"{case}: metric names changed at step {w.get('step')}"
+        for k, v in w.items():
+            assert g[k] == pytest.approx(v, rel=1e-4, abs=1e-6), \
+                f"{case}: step {w.get('step')} {k} = {g[k]}, {family} record {v} (no {CPU} record)"
 
 
 def _common(model_dir, out):
