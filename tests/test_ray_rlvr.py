@@ -132,6 +132,8 @@ def test_config_errors_before_anything_starts(tmp_path, monkeypatch):
         main(load_config(RLVRConfig, None, [*base, "rollout.backend=vllm"]))
     with pytest.raises(ConfigError, match="prompts_per_step=1 is less than distributed.num_generators=2"):
         main(load_config(RLVRConfig, None, [*base, "rollout.prompts_per_step=1"]))
+    with pytest.raises(ConfigError, match="dynamic sampling"):
+        main(load_config(RLVRConfig, None, [*base, "algorithm=dapo"]))
     with pytest.raises(ConfigError, match="num_generators and distributed.num_learners must be >= 1"):
         load_config(RLVRConfig, None, [*base, "distributed.num_learners=0"])
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed

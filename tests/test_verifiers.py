@@ -119,8 +119,8 @@ def test_ifeval_instruction_format_scores_fraction():
 def test_registry_aliases_and_errors():
     assert get_verifier("MATH") is get_verifier("math500") is get_verifier(" Minerva_Math ")
     assert get_verifier("GSM8K") is get_verifier("gsm8k")
-    with pytest.raises(ValueError, match="no verifier for dataset 'code'"):
-        get_verifier("code")
+    with pytest.raises(ValueError, match="no verifier for dataset 'search'"):
+        get_verifier("search")
     with pytest.raises(ValueError, match="missing field 'ground_truth'"):
         verifiable_reward("x", {"dataset": "gsm8k"})
     with pytest.raises(ValueError, match="unknown constraint function 'nope'"):

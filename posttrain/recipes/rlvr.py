@@ -1,9 +1,11 @@
-"""RL with verifiable rewards (`posttrain rlvr`): GRPO or PPO, readable top to bottom.
+"""RL with verifiable rewards (`posttrain rlvr`): GRPO and its variants, RLOO, REINFORCE++ or PPO,
+readable top to bottom (`algorithm`, rl/algorithms.py; docs/RL_ALGORITHMS.md).
 
 One step: P prompts × k samples from the generation engine (sync: the policy itself; async: a
-generator thread holding its own copy, one step behind) → verifier rewards → advantages (GRPO:
-group baseline, constant groups filtered; PPO: GAE on a value model, KL as a per-token reward
-penalty) → clipped policy-gradient updates with separate ε_low/ε_high, truncated importance
+generator thread holding its own copy, one step behind; single-turn, or multi-turn with tools) →
+verifier rewards → advantages (group baselines: GRPO / Dr. GRPO / DAPO / GSPO / RLOO, constant
+groups filtered; per-token returns: REINFORCE++, PPO with GAE on a value model, KL as a per-token
+reward penalty) → clipped policy-gradient updates with separate ε_low/ε_high, truncated importance
 sampling between the generator's and the trainer's log-probs, and (GRPO) a KL loss term →
 metrics, held-out evaluation, checkpoints. Sync mode is exactly reproducible, so a resumed run
 continues the same curve.
@@ -31,18 +33,18 @@ import torch
 from posttrain.data.chat import LoadStats
 from posttrain.data.rlvr import load_rlvr_rows
 from posttrain.models import load_tokenizer
-from posttrain.rl.advantages import grpo_selection, ppo_advantages, ppo_token_rewards
+from posttrain.rl.advantages import ppo_advantages, ppo_token_rewards, reinforce_pp_advantages, select_groups
 from posttrain.rl import ray_rlvr
 from posttrain.rl.async_worker import AsyncRolloutWorker
 from posttrain.rl.buffer import TrainSamples, per_sample_to_tokens
 from posttrain.rl.config import (KLConfig, PPOConfig, RewardConfig, RLVRConfig, RLVRData, RLVREval,  # noqa: F401
                                  RLVRTrain, RolloutConfig)
 from posttrain.evaluation.heldout import evaluate_prompts
+from posttrain.rl.algorithms import group_advantages, policy_loss, uses_dynamic_sampling
 from posttrain.rl.rewards import RewardModelScorer
 from posttrain.rl.rollouts import (Prompt, RolloutBatch, RolloutSettings, encode_prompts, generate_rollouts,
                                    merge_rollouts)
-from posttrain.rl.update import (PassSettings, PolicyLoss, policy_update, score_logprobs, score_values,
-                                 value_update)
+from posttrain.rl.update import PassSettings, PolicyLoss, policy_update, score_logprobs, score_values, value_update
 from posttrain.generation import Engine
 from posttrain.generation.vllm_engine import make_engine as build_engine
 from posttrain.train.common import load_for_training
@@ -100,12 +102,16 @@ def reference_and_old(samples: TrainSamples, policy, ref, need_old: bool, cfg: R
 def train_samples(batch: RolloutBatch, keep: list[int]) -> TrainSamples:
     samples = TrainSamples([batch.prompt_ids[i] for i in keep], [batch.response_ids[i] for i in keep])
     samples.set("gen_logprobs", [torch.tensor(batch.gen_logprobs[i]) for i in keep])
+    if batch.loss_masks is not None:  # multi-turn: tool output is context, not the policy's tokens
+        samples.set("loss_mask", [torch.tensor(batch.loss_masks[i], dtype=torch.float32) for i in keep])
     return samples
 
 
 def grpo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassSettings, device, info,
               **_) -> dict:
-    sel = grpo_selection(batch.rewards, batch.group_size, cfg.train.normalize_adv_std, cfg.train.filter_constant_groups)
+    """Every group-baseline algorithm (grpo, dr_grpo, dapo, gspo, rloo): its advantages, then the
+    constant groups filtered; the loss's ratio and normaliser come with `loss`."""
+    sel = select_groups(group_advantages(cfg)(batch.rewards, batch.group_size), cfg.train.filter_constant_groups)
     stats = {"groups/total": sel.num_groups, "groups/constant": sel.num_constant_groups,
              "groups/filtered": sel.num_constant_groups if cfg.train.filter_constant_groups else 0,
              "samples/trained": len(sel.keep)}
@@ -123,10 +129,11 @@ def ppo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassS
     kl_in_reward = bool(cfg.kl.reward_beta) and ref is not None
     reference_and_old(samples, policy, ref, kl_in_reward or not passes.single_pass, cfg, device, info)
     values = score_values(value_model, samples, cfg.train.micro_batch_tokens, device, info)
+    masks = samples.token.get("loss_mask")
     token_rewards = ppo_token_rewards(batch.rewards, samples.response_lengths, samples.token.get("old_logprobs"),
                                       samples.token.get("ref_logprobs"), cfg.kl.reward_beta if kl_in_reward else 0.0,
-                                      cfg.kl.estimator)
-    adv, returns = ppo_advantages(token_rewards, values, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
+                                      cfg.kl.estimator, masks)
+    adv, returns = ppo_advantages(token_rewards, values, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages, masks)
     samples.set("advantages", adv)
     samples.set("returns", returns)
     samples.set("old_values", values)
@@ -135,6 +142,21 @@ def ppo_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassS
     stats |= policy_update(policy, optimizer, samples, loss, passes, device, info)
     return stats | value_update(value_model, value_optimizer, samples, cfg.ppo.value_clip, cfg.ppo.value_coef,
                                 passes, device, info)
+
+
+def reinforce_pp_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, passes: PassSettings, device, info,
+                      **_) -> dict:
+    """REINFORCE++: per-token rewards (−β·KL_t with kl.placement=reward, the reward on the last
+    token), their returns normalised over the batch's tokens; no value model, no group baseline."""
+    samples = train_samples(batch, list(range(batch.num_samples)))
+    kl_in_reward = bool(cfg.kl.reward_beta) and ref is not None
+    reference_and_old(samples, policy, ref, kl_in_reward or not passes.single_pass, cfg, device, info)
+    masks = samples.token.get("loss_mask")
+    token_rewards = ppo_token_rewards(batch.rewards, samples.response_lengths, samples.token.get("old_logprobs"),
+                                      samples.token.get("ref_logprobs"), cfg.kl.reward_beta if kl_in_reward else 0.0,
+                                      cfg.kl.estimator, masks)
+    samples.set("advantages", reinforce_pp_advantages(token_rewards, masks=masks))
+    return {"samples/trained": len(samples)} | policy_update(policy, optimizer, samples, loss, passes, device, info)
 
 
 def run_evals(engine, sets: dict[str, list[Prompt]], cfg: RLVRConfig, log) -> dict[str, float]:
@@ -231,7 +253,7 @@ def main(cfg: RLVRConfig) -> Path:
                             vllm=cfg.rollout.vllm, config_key="rollout.backend")
 
     engine = make_engine(m.generator)  # sync rollouts and evaluation
-    settings = RolloutSettings.from_config(cfg.rollout, cfg.reward)
+    settings = RolloutSettings.from_config(cfg.rollout, cfg.reward, uses_dynamic_sampling(cfg.algorithm, False))
 
     def produce(eng, step: int, version: int) -> RolloutBatch:
         """This rank's share of the step's batch (all of it in one process)."""
@@ -244,9 +266,8 @@ def main(cfg: RLVRConfig) -> Path:
                                    total_steps) if cfg.rollout.mode == "async" else None)
 
     # The loss and the step function are picked once, here.
-    loss = PolicyLoss(cfg.train.eps_low, cfg.train.eps_high, cfg.train.tis_cap, cfg.kl.loss_beta, cfg.kl.estimator,
-                      cfg.rollout.temperature)
-    step_algorithm = ppo_step if cfg.algorithm == "ppo" else grpo_step
+    loss = policy_loss(cfg)
+    step_algorithm = {"ppo": ppo_step, "reinforce_pp": reinforce_pp_step}.get(cfg.algorithm, grpo_step)
     t_start = time.time()
 
     def step_fn(step: int) -> Row:
@@ -334,6 +355,9 @@ def load_all_prompts(cfg: RLVRConfig, tokenizer, info: DistInfo, log):
     if P < info.world_size:
         raise ValueError(f"rollout.prompts_per_step={P} is less than the {info.world_size} processes: every "
                          f"rank samples at least one prompt")
+    if info.distributed and uses_dynamic_sampling(cfg.algorithm, cfg.rollout.dynamic_sampling):
+        raise ValueError("rollout.dynamic_sampling (algorithm=dapo) decides refills over the whole batch: "
+                         "run it in one process")
     eval_sets, final_sets = ({Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit) for p in paths}
                              for paths in (cfg.eval.paths, cfg.eval.final_paths))
     return prompts, eval_sets, final_sets

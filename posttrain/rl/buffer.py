@@ -1,7 +1,8 @@
 """The samples one RL step trains on: token sequences plus per-token tensors, packed on demand.
 
-Every per-token quantity (generator/old/reference log-probs, advantages, values, returns) is kept
-per sample as a 1-D tensor over its response tokens. A micro-batch packs a few samples into one
+Every per-token quantity (generator/old/reference log-probs, advantages, values, returns, and
+the 0/1 "loss_mask" of multi-turn rollouts, 0 on tool output) is kept per sample as a 1-D tensor
+over its response tokens. A micro-batch packs a few samples into one
 padding-free row (`data.packing.pack`); its response targets come out in sample order, then token
 order, which is exactly the order of `cat(name, idx)`, so per-token tensors line up with the
 trainer's log-probs without any index bookkeeping.
@@ -38,6 +39,12 @@ class TrainSamples:
     @property
     def response_lengths(self) -> list[int]:
         return [len(r) for r in self.response_ids]
+
+    def trained_tokens(self, i: int) -> int:
+        """Response tokens of sample i that the loss sees (all, unless a "loss_mask" is set)."""
+        if "loss_mask" in self.token:
+            return int(self.token["loss_mask"][i].sum().item())
+        return len(self.response_ids[i])
 
     def set(self, name: str, values: list[Tensor]) -> None:
         if len(values) != len(self) or any(v.shape != (n,) for v, n in zip(values, self.response_lengths)):

@@ -42,6 +42,7 @@ import torch
 from posttrain.config import ConfigError, field
 from posttrain.generation.vllm_engine import make_engine as build_engine
 from posttrain.models import load_tokenizer
+from posttrain.rl.algorithms import uses_dynamic_sampling
 from posttrain.rl.async_worker import RolloutTimeout
 from posttrain.rl.rewards import RewardModelScorer
 from posttrain.rl.rollouts import RolloutBatch, RolloutSettings, generate_rollouts, merge_rollouts
@@ -100,6 +101,10 @@ def check_config(cfg) -> None:
     if lora.enabled and (lora.load_in_4bit or lora.generation == "adapter"):
         raise ConfigError("distributed.engine=ray generates in separate actors from merged weights: use "
                           "model.lora.generation=merged (and no QLoRA)")
+    if uses_dynamic_sampling(cfg.algorithm, cfg.rollout.dynamic_sampling):
+        raise ConfigError("distributed.engine=ray: dynamic sampling (algorithm=dapo or rollout.dynamic_sampling) "
+                          "decides refills over the whole batch, which the generator actors make in shards; run it "
+                          "in one process, or use another algorithm")
     if cfg.rollout.prompts_per_step < rc.num_generators:
         raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} is less than "
                           f"distributed.num_generators={rc.num_generators}: every generator makes at least one prompt")

@@ -1,4 +1,5 @@
-"""Rewards of RLVR rollouts: verifier score × value, a truncation penalty, an optional RM score.
+"""Rewards of RLVR rollouts: verifier score × value, a truncation penalty, an optional RM score,
+DAPO's soft overlong penalty.
 
 Tülu 3: 10 when the verifier accepts the answer, 0 otherwise; responses that hit the length limit
 without an end token can get a fixed penalty instead (-10 there); a reward model's score can be
@@ -14,14 +15,32 @@ import torch
 from torch import Tensor
 
 from posttrain.data.rlvr import RLVRRow
-from posttrain.evaluation.tasks.verifiers import verify
+from posttrain.evaluation.tasks.verifiers import VerifierOptions, verify_many
 
 
-def verifier_scores(texts: Sequence[str], rows: Sequence[RLVRRow]) -> Tensor:
-    """[N] float32 verifier scores in [0, 1], one per (response, row)."""
+def verifier_scores(texts: Sequence[str], rows: Sequence[RLVRRow], options: VerifierOptions | None = None) -> Tensor:
+    """[N] float32 verifier scores in [0, 1], one per (response, row); `options` per verifier name
+    (e.g. {"code": {"mode": "all_pass"}}). Code rows run together in the sandbox's pool."""
     if len(texts) != len(rows):
         raise ValueError(f"verifier_scores: {len(texts)} responses but {len(rows)} rows")
-    return torch.tensor([verify(t, r.dataset, r.ground_truth) for t, r in zip(texts, rows)], dtype=torch.float32)
+    scores = verify_many(texts, [r.dataset for r in rows], [r.ground_truth for r in rows], options)
+    return torch.tensor(scores, dtype=torch.float32)
+
+
+def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer: int, penalty: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476), added to the reward:
+    0 up to L − buffer tokens, then falling linearly to −penalty at the limit L = max_new_tokens,
+
+        R(|y|) = −penalty · clip((|y| − (L − buffer)) / buffer, 0, 1)
+
+    (a response cannot be longer than L: generation stops there). buffer 0: no penalty."""
+    lengths = lengths.float()
+    if buffer <= 0:
+        return torch.zeros_like(lengths)
+    if buffer >= max_new_tokens:
+        raise ValueError(f"overlong_penalty: buffer={buffer} must be less than max_new_tokens={max_new_tokens}")
+    over = (lengths - (max_new_tokens - buffer)) / buffer
+    return -penalty * over.clamp(0.0, 1.0)
 
 
 def combine_rewards(scores: Tensor, truncated: Tensor, correct_value: float = 10.0,

@@ -1,8 +1,10 @@
 """Forward passes over packed rollouts and the optimizer updates of the policy and value models.
 
 Only response positions go through the LM head (`logits_to_keep`): prompt tokens need no logits.
-Losses are summed per micro-batch and divided by the minibatch's response-token count (counted
-before the forward passes), so the gradient is the same however a minibatch is split.
+Losses are summed per micro-batch and divided by a normaliser counted over the whole minibatch
+before the forward passes (its trained response tokens; Dr. GRPO: sequences × a fixed length;
+GSPO: sequences), so the gradient is the same however a minibatch is split. Tokens with loss mask
+0 (tool output in multi-turn rollouts, "loss_mask") are in the forward pass but not in the loss.
 
 Under torchrun every rank holds the whole rollout batch, so the micro-batch plan and the token
 counts are the same everywhere; rank r runs micro-batches r, r + world, ... and pads with
@@ -13,14 +15,16 @@ and old log-probs, values) are gathered back to every rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 from torch import Tensor
 
 from posttrain.data.chat import IGNORE_INDEX
 from posttrain.data.packing import PackedBatch, packed_forward, plan_micro_batches
-from posttrain.losses.pg import KLEstimator, kl_penalty, kl_regularized_loss, policy_gradient_loss, token_level_loss
+from posttrain.losses.gspo import gspo_loss
+from posttrain.losses.pg import (KLEstimator, kl_penalty, kl_regularized_loss, policy_gradient_loss,
+                                 sequence_level_loss, token_level_loss)
 from posttrain.losses.ppo import value_loss
 from posttrain.rl.buffer import GroupedRow, TrainSamples
 from posttrain.train.dist import DistInfo
@@ -203,7 +207,12 @@ def minibatches(n: int, s: PassSettings, epoch: int) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    """The clipped policy-gradient loss (pg.policy_gradient_loss) plus an optional KL loss term."""
+    """The clipped policy-gradient loss plus an optional KL loss term, and how it is reduced.
+
+    ratio "token": pg.policy_gradient_loss (PPO/GRPO); "sequence": gspo.gspo_loss (one ratio per
+    sequence, needs normaliser "sequences" and no token-level TIS). normaliser: "tokens" (the
+    minibatch's trained tokens: the token mean of DAPO and Tülu), "constant" (sequences ×
+    `constant_length`, Dr. GRPO's fixed generation budget) or "sequences" (the sequence mean)."""
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -211,6 +220,27 @@ class PolicyLoss:
     kl_beta: float = 0.0  # KL-to-reference loss coefficient (0 when the KL is in the reward)
     kl_estimator: KLEstimator = "k3"
     temperature: float = 1.0
+    ratio: Literal["token", "sequence"] = "token"
+    normaliser: Literal["tokens", "constant", "sequences"] = "tokens"
+    constant_length: int = 0  # normaliser "constant": tokens per sequence (max response length)
+
+    def __post_init__(self):
+        if self.ratio == "sequence" and (self.normaliser != "sequences" or self.tis_cap is not None):
+            raise ValueError("PolicyLoss: a sequence-level ratio needs normaliser='sequences' and tis_cap=None")
+        if self.normaliser == "constant" and self.constant_length < 1:
+            raise ValueError("PolicyLoss: normaliser='constant' needs constant_length >= 1")
+
+
+def loss_normaliser(loss: PolicyLoss, samples: TrainSamples, mb: list[int], world_size: int = 1) -> float:
+    """The minibatch's normaliser, counted over all its samples before any micro-batch runs; FSDP
+    averages gradients over ranks, so each rank's sum is scaled up by the world size."""
+    if loss.normaliser == "sequences":
+        n = len(mb)
+    elif loss.normaliser == "constant":
+        n = len(mb) * loss.constant_length
+    else:
+        n = sum(samples.trained_tokens(i) for i in mb)
+    return n / world_size
 
 
 class _Sums:
@@ -238,9 +268,7 @@ def policy_update(model, optimizer, samples: TrainSamples, loss: PolicyLoss, pas
     share = shares_prompts(model, passes.share_prompts)
     for epoch in range(passes.epochs):
         for mb in minibatches(len(samples), passes, epoch):
-            # the global token count; FSDP averages gradients over ranks, so each rank's sum is
-            # scaled up by the world size
-            n_tokens = sum(samples.response_lengths[i] for i in mb) / info.world_size
+            n_tokens = loss_normaliser(loss, samples, mb, info.world_size)
             plan = _rank_micro_batches(samples, mb, passes.micro_batch_tokens, info, share)
             for m, idx in enumerate(plan):
                 with sync_grads_context(model, last=m == len(plan) - 1):
@@ -275,28 +303,47 @@ def _policy_micro_batch(model, row: PackedBatch | GroupedRow, samples: TrainSamp
     lp, logits = response_logprobs(model, row.to(device), loss.temperature)
     old = samples.cat("old_logprobs", idx).to(device) if use_old else lp.detach()
     gen = samples.cat("gen_logprobs", idx).to(device)
-    adv = samples.cat("advantages", idx).to(device)
-    ones = torch.ones_like(lp)[None]
-    out = policy_gradient_loss(lp[None], old[None], adv[None], ones, eps_low=loss.eps_low,
-                               eps_high=loss.eps_high, tis_cap=loss.tis_cap or 2.0,
-                               generator_logprobs=gen[None] if loss.tis_cap else None)
     ref = samples.cat("ref_logprobs", idx).to(device) if samples.has("ref_logprobs") else None
-    per_token = kl_regularized_loss(out.losses, lp[None], None if ref is None else ref[None], loss.kl_beta,
-                                    loss.kl_estimator)
-    total = token_level_loss(per_token, ones, n_tokens)
+    mask = samples.cat("loss_mask", idx).to(device) if samples.has("loss_mask") else torch.ones_like(lp)
+    if loss.ratio == "sequence":
+        out, total = _sequence_loss(lp, old, ref, mask, samples, idx, loss, n_tokens, device)
+    else:
+        adv = samples.cat("advantages", idx).to(device)
+        out = policy_gradient_loss(lp[None], old[None], adv[None], mask[None], eps_low=loss.eps_low,
+                                   eps_high=loss.eps_high, tis_cap=loss.tis_cap or 2.0,
+                                   generator_logprobs=gen[None] if loss.tis_cap else None)
+        per_token = kl_regularized_loss(out.losses, lp[None], None if ref is None else ref[None], loss.kl_beta,
+                                        loss.kl_estimator)
+        total = token_level_loss(per_token, mask[None], n_tokens)
     total.backward()
-    sums.add(objective=total.item(), tokens=lp.numel(), clipped=out.clipped.sum(), approx_kl=out.approx_kl.sum())
+    n_trained = mask.sum()
+    sums.add(objective=total.item(), tokens=n_trained, clipped=out.clipped.sum(), approx_kl=out.approx_kl.sum())
     if first is None:
         return
     with torch.no_grad():
-        diff = (old - gen).abs()
+        diff = (old - gen).abs() * mask
         w = torch.exp(old - gen)
         cap = loss.tis_cap or float("inf")
-        first.add(tokens=lp.numel(), entropy=entropy_from_logits(logits[0] / loss.temperature).sum(),
-                  diff=diff.sum(), tis_w=w.clamp(max=cap).sum(), tis_capped=(w > cap).sum())
+        first.add(tokens=n_trained, entropy=(entropy_from_logits(logits[0] / loss.temperature) * mask).sum(),
+                  diff=diff.sum(), tis_w=(w.clamp(max=cap) * mask).sum(), tis_capped=((w > cap) * mask).sum())
         first.max(diff_max=diff.max())
         if ref is not None:
-            first.add(k1=(old - ref).sum(), k3=kl_penalty(old, ref, "k3").sum())
+            first.add(k1=((old - ref) * mask).sum(), k3=(kl_penalty(old, ref, "k3") * mask).sum())
+
+
+def _sequence_loss(lp: Tensor, old: Tensor, ref: Tensor | None, mask: Tensor, samples: TrainSamples,
+                   idx: list[int], loss: PolicyLoss, n_sequences: float, device):
+    """GSPO on one micro-batch: its concatenated response tokens as one padded row per sample."""
+    lengths = [samples.response_lengths[i] for i in idx]
+
+    def rows(x: Tensor) -> Tensor:
+        return torch.nn.utils.rnn.pad_sequence(list(x.split(lengths)), batch_first=True)
+
+    adv = torch.stack([samples.token["advantages"][i][0] for i in idx]).to(device)  # one per sequence
+    out = gspo_loss(rows(lp), rows(old), adv, rows(mask), eps_low=loss.eps_low, eps_high=loss.eps_high)
+    per_token = kl_regularized_loss(out.losses, rows(lp), None if ref is None else rows(ref), loss.kl_beta,
+                                    loss.kl_estimator)
+    return out, sequence_level_loss(per_token, rows(mask), n_sequences)
 
 
 def value_update(value_model, optimizer, samples: TrainSamples, clip_range: float, coef: float,
@@ -307,7 +354,7 @@ def value_update(value_model, optimizer, samples: TrainSamples, clip_range: floa
     steps, grad_norms = 0, 0.0
     for epoch in range(passes.epochs):
         for mb in minibatches(len(samples), passes, epoch):
-            n_tokens = sum(samples.response_lengths[i] for i in mb) / info.world_size  # as in policy_update
+            n_tokens = sum(samples.trained_tokens(i) for i in mb) / info.world_size  # as in policy_update
             plan = _rank_micro_batches(samples, mb, passes.micro_batch_tokens, info)
             for m, idx in enumerate(plan):
                 with sync_grads_context(value_model, last=m == len(plan) - 1):
@@ -317,11 +364,12 @@ def value_update(value_model, optimizer, samples: TrainSamples, clip_range: floa
                     values = response_values(value_model, samples.pack(idx).to(device))
                     old = samples.cat("old_values", idx).to(device)
                     ret = samples.cat("returns", idx).to(device)
-                    ones = torch.ones_like(values)[None]
-                    out = value_loss(values[None], old[None], ret[None], ones, clip_range)
-                    total = coef * token_level_loss(out.losses, ones, n_tokens)
+                    mask = (samples.cat("loss_mask", idx).to(device) if samples.has("loss_mask")
+                            else torch.ones_like(values))[None]
+                    out = value_loss(values[None], old[None], ret[None], mask, clip_range)
+                    total = coef * token_level_loss(out.losses, mask, n_tokens)
                     total.backward()
-                    sums.add(objective=total.item(), tokens=values.numel(), clipped=out.clipped.sum())
+                    sums.add(objective=total.item(), tokens=mask.sum(), clipped=out.clipped.sum())
             grad_norms += clip_and_step(value_model, optimizer, passes.max_grad_norm)
             steps += 1
     _all_reduce(sums, info)

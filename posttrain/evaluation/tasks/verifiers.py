@@ -3,22 +3,25 @@
 `get_verifier(row["dataset"])` returns a `(completion, ground_truth) -> float in [0, 1]` grader;
 `verifiable_reward` scales it to the reward Tülu 3 used (10 for a verified answer, else 0).
 The graders are the eval tasks' own (`reward` of gsm8k / minerva_math / ifeval), so training and
-evaluation agree on what "correct" means.
+evaluation agree on what "correct" means; `code` runs the completion's program against the row's
+tests in the sandbox (`code_exec.py`). `options` give a verifier keyword arguments by name
+({"code": {"mode": "all_pass"}}); `verify_many` runs the code rows of a batch in one pool.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from posttrain.evaluation.tasks import gsm8k, ifeval
+from posttrain.evaluation.tasks import code_exec, gsm8k, ifeval
 from posttrain.evaluation.tasks.base import as_text, shown
 from posttrain.evaluation.tasks.ifeval import IFEvalTask
 from posttrain.evaluation.tasks.minerva_math import MathScorer
 from posttrain.evaluation.tasks.rlvr_constraints import constraint_reward, parse_constraint
 
-Verifier = Callable[[str, Any], float]
+Verifier = Callable[..., float]  # (completion, ground_truth, **options) -> score in [0, 1]
+VerifierOptions = Mapping[str, Mapping[str, Any]]  # verifier name -> its keyword arguments
 
 _MATH = MathScorer()
 _IFEVAL = IFEvalTask()
@@ -97,7 +100,10 @@ VERIFIERS: dict[str, Verifier] = {
     "gsm8k": gsm8k.reward,
     "math": math_reward,
     "ifeval": ifeval_reward,
+    "code": code_exec.code_reward,
 }
+# Verifiers that grade many rows at once: (completions, ground truths, **options) -> scores.
+BATCH_VERIFIERS: dict[str, Callable[..., list[float]]] = {"code": code_exec.code_scores}
 ALIASES = {
     "gsm": "gsm8k",
     "gsm8k_train": "gsm8k",
@@ -109,6 +115,8 @@ ALIASES = {
     "if": "ifeval",
     "ifeval_old": "ifeval",
     "instruction_following": "ifeval",
+    "mbpp": "code",
+    "python": "code",
 }
 
 
@@ -117,6 +125,7 @@ VALIDATORS: dict[str, Callable[[Any], None]] = {
     "gsm8k": gsm8k.validate_ground_truth,
     "math": validate_math_ground_truth,
     "ifeval": validate_ifeval_ground_truth,
+    "code": code_exec.validate_ground_truth,
 }
 
 
@@ -154,16 +163,41 @@ def validate_ground_truth(dataset: Any, ground_truth: Any) -> None:
         raise ValueError(f"dataset {dataset!r}: {e}") from None
 
 
-def verify(completion: str, dataset: Any, ground_truth: Any) -> float:
+def verify(completion: str, dataset: Any, ground_truth: Any, options: VerifierOptions | None = None) -> float:
     """Score in [0, 1]. A row may list several (dataset, ground_truth) pairs: their mean."""
     if isinstance(dataset, (list, tuple)):
         truths = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth] * len(dataset)
         if len(truths) != len(dataset) or not dataset:
             raise ValueError(f"{len(dataset)} datasets but {len(truths)} ground truths")
-        return sum(verify(completion, d, t) for d, t in zip(dataset, truths)) / len(dataset)
+        return sum(verify(completion, d, t, options) for d, t in zip(dataset, truths)) / len(dataset)
     if isinstance(ground_truth, (list, tuple)) and len(ground_truth) == 1:
         ground_truth = ground_truth[0]
-    return get_verifier(dataset)(completion, ground_truth)
+    name = _verifier_name(dataset)
+    return VERIFIERS[name](completion, ground_truth, **(options or {}).get(name, {}))
+
+
+def verify_many(completions: Sequence[str], datasets: Sequence[Any], ground_truths: Sequence[Any],
+                options: VerifierOptions | None = None) -> list[float]:
+    """`verify` of each (completion, dataset, ground truth); rows of one batch-capable verifier
+    (code) are graded together, the rest one by one."""
+    if not len(completions) == len(datasets) == len(ground_truths):
+        raise ValueError(f"verify_many: {len(completions)} completions, {len(datasets)} datasets and "
+                         f"{len(ground_truths)} ground truths")
+    scores: list[float | None] = [None] * len(completions)
+    batches: dict[str, list[int]] = {}
+    for i, d in enumerate(datasets):
+        name = None if isinstance(d, (list, tuple)) else _verifier_name(d)
+        if name in BATCH_VERIFIERS:
+            batches.setdefault(name, []).append(i)
+        else:
+            scores[i] = verify(completions[i], d, ground_truths[i], options)
+    for name, idx in batches.items():
+        truths = [ground_truths[i] for i in idx]
+        truths = [t[0] if isinstance(t, (list, tuple)) and len(t) == 1 else t for t in truths]  # as verify
+        got = BATCH_VERIFIERS[name]([completions[i] for i in idx], truths, **(options or {}).get(name, {}))
+        for i, s in zip(idx, got):
+            scores[i] = s
+    return scores  # type: ignore[return-value]
 
 
 def verifiable_reward(completion: str, row: Mapping[str, Any], correct_value: float = 10.0) -> float:
