@@ -90,6 +90,10 @@ def test_python_tool_runs_in_the_sandbox():
 CALL = '<tool_call>{"name":"calculator","arguments":{"expression":"6*7"}}</tool_call>'
 
 
+def after_tool(tokenizer, ids) -> bool:
+    return tokenizer.decode(ids).endswith("</tool_response>\n")
+
+
 class ScriptedEngine:
     """Answers like the engine does: the first turn calls the calculator, later turns answer; token
     ids hold the stop string (or the end token), the text stops before it."""
@@ -102,7 +106,7 @@ class ScriptedEngine:
         self.calls.append((prompts, plist, prompt_keys))
         outs = []
         for i, (p, sp) in enumerate(zip(prompts, plist)):
-            later = "<tool_response>" in self.tokenizer.decode(p)
+            later = after_tool(self.tokenizer, p)
             text, finish = (self.answer, "eos") if later else (CALL[:-len("</tool_call>")], "stop")
             ids = self.tokenizer(self.answer if later else CALL, add_special_tokens=False)["input_ids"]
             ids = ids + [self.tokenizer.eos_token_id] if later else ids
@@ -157,6 +161,48 @@ def test_rollout_batch_and_training_samples_carry_the_loss_mask(tokenizer):
     assert "<tool_response>" in batch.samples[0]["response"] and "<tool_response>" not in batch.texts[0]
 
 
+def test_tool_prompt_system_turn(tokenizer):
+    from posttrain.rl.rollouts import encode_prompts
+
+    system = MultiTurnSettings(("calculator",)).system_prompt()
+    assert system == tool_instructions(build_tools(["calculator"])) and "calculator:" in system
+    plain = RLVRRow([{"role": "user", "content": "What is 6 times 7?"}], "42", "gsm8k")
+    own = RLVRRow([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "1", "gsm8k")
+    with_tools, unchanged = encode_prompts(tokenizer, [plain, own], 4096, system=system)
+    assert "You can call tools." in tokenizer.decode(with_tools.ids)
+    assert "You can call tools." not in tokenizer.decode(unchanged.ids) and "Be brief." in tokenizer.decode(unchanged.ids)
+    assert with_tools.row is plain  # the row itself (and what is logged of it) is not rewritten
+    assert "You can call tools." not in tokenizer.decode(encode_prompts(tokenizer, [plain], 4096)[0].ids)
+
+
+def test_heldout_eval_runs_multi_turn_with_tools(tokenizer):
+    from posttrain.evaluation.heldout import evaluate_prompts
+
+    rows = [RLVRRow([{"role": "user", "content": "What is 6 times 7?"}], "42", "gsm8k"),
+            RLVRRow([{"role": "user", "content": "What is 6 times 7 minus 1?"}], "41", "gsm8k")]
+    prompts = [Prompt(r, [1, 100 + i]) for i, r in enumerate(rows)]
+    res = evaluate_prompts(ScriptedEngine(tokenizer), prompts, 120, tools=MultiTurnSettings(("calculator",)))
+    # both call the calculator once (valid), then answer 42: right for the first row only
+    assert res["accuracy"] == 0.5 and res["tool/calls"] == 1.0 and res["tool/valid"] == 1.0
+    assert res["tool/used"] == 1.0 and res["turns/mean"] == 2.0 and res["truncated_rate"] == 0.0
+    call_ids = tokenizer(CALL, add_special_tokens=False)["input_ids"]
+    assert res["response_len"] > len(call_ids)  # tool answer and final turn included
+
+    class BadCalls(ScriptedEngine):  # the first turn's call is not JSON; the env answers "Error: ..."
+        def generate(self, prompts, params, prompt_keys=None):
+            outs = super().generate(prompts, params, prompt_keys)
+            bad = '<tool_call>{"name": calc</tool_call>'
+            ids = self.tokenizer(bad, add_special_tokens=False)["input_ids"]
+            return [o if o.finish_reason != "stop" else Completion(o.prompt_index, o.sample_index, o.prompt_token_ids, ids,
+                                                                   [-0.5] * len(ids), bad[:-len("</tool_call>")], "stop")
+                    for o in outs]
+
+    res = evaluate_prompts(BadCalls(tokenizer), prompts, 120, tools=MultiTurnSettings(("calculator",)))
+    assert res["tool/calls"] == 1.0 and res["tool/errors"] == 1.0 and res["tool/valid"] == 0.0
+    single = evaluate_prompts(ScriptedEngine(tokenizer), prompts[:1], 120)  # no tools: one turn, no tool keys
+    assert "tool/calls" not in single
+
+
 # ---------------------------------------------------------------- end to end
 
 def test_multi_turn_grpo_trains_on_whole_trajectories(tiny_model_dir, tmp_path, monkeypatch):
@@ -168,7 +214,8 @@ def test_multi_turn_grpo_trains_on_whole_trajectories(tiny_model_dir, tmp_path, 
 
     def generate(self, prompts, params=None, **kw):
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        if any("<tool_response>" in self.tokenizer.decode(p) for p in prompts):
+        # the system turn names <tool_response> too: a later turn is one whose context ends with the tool's answer
+        if any(after_tool(self.tokenizer, p) for p in prompts):
             return original(self, prompts, params, **kw)
         ids = self.tokenizer(CALL, add_special_tokens=False)["input_ids"]
         return [Completion(i, j, list(p), list(ids), [0.0] * len(ids), CALL[:-len("</tool_call>")], "stop")
@@ -184,8 +231,14 @@ def test_multi_turn_grpo_trains_on_whole_trajectories(tiny_model_dir, tmp_path, 
         f"model.name_or_path={tiny_model_dir}", f"data.paths=[{rows}]", "rollout.prompts_per_step=2",
         "rollout.samples_per_prompt=4", "rollout.max_new_tokens=64", "rollout.max_tokens_per_turn=8",
         "rollout.tools=[calculator]", "rollout.max_turns=2", "train.tis_cap=null", "train.filter_constant_groups=false",
-        "optim.lr=2e-2", "kl.beta=0.01", "train.max_steps=2", "run.progress=false", f"run.output_dir={out}"]))
-    metrics = read_metrics(out)
+        "optim.lr=2e-2", "kl.beta=0.01", "train.max_steps=2", "run.progress=false", f"run.output_dir={out}",
+        f"eval.paths=[{rows}]", "eval.at_start=true"]))
+    every = read_metrics(out)
+    evals = [r for r in every if "eval/rows/accuracy" in r]
+    # held-out evaluation runs multi-turn in the same environment: the scripted call, then the answer
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(r["eval/rows/tool/calls"] == 1.0 and r["eval/rows/tool/valid"] == 1.0 for r in evals)
+    metrics = [r for r in every if "reward/mean" in r]
     assert [r["step"] for r in metrics] == [1, 2]
     assert all(r["tool/calls"] == 1.0 and r["turns/mean"] == 2.0 and 0 < r["tool/token_frac"] < 1 for r in metrics)
     assert all(r["optimizer_steps"] == 1 and r["samples/trained"] == 8 for r in metrics)

@@ -41,6 +41,7 @@ from posttrain.rl.config import (KLConfig, PPOConfig, RewardConfig, RLVRConfig, 
                                  RLVRTrain, RolloutConfig)
 from posttrain.evaluation.heldout import evaluate_prompts
 from posttrain.rl.algorithms import group_advantages, policy_loss, uses_dynamic_sampling
+from posttrain.rl.multiturn import MultiTurnSettings
 from posttrain.rl.rewards import RewardModelScorer
 from posttrain.rl.rollouts import (Prompt, RolloutBatch, RolloutSettings, encode_prompts, generate_rollouts,
                                    merge_rollouts)
@@ -58,11 +59,12 @@ from posttrain.train.parallel import copy_full_weights, full_state_dict, paralle
 
 # ---------------------------------------------------------------- building blocks
 
-def load_prompts(paths: list[str], data: RLVRData, tokenizer, log, limit: int | None) -> list[Prompt]:
+def load_prompts(paths: list[str], data: RLVRData, tokenizer, log, limit: int | None,
+                 system: str | None = None) -> list[Prompt]:
     prompts, stats = [], LoadStats()
     for path in paths:  # file by file, so that prompts dropped as too long count against their file
         rows = load_rlvr_rows(path, limit, data.on_error, stats, data.gsm8k_instruction)
-        prompts += encode_prompts(tokenizer, rows, data.max_prompt_length, stats)
+        prompts += encode_prompts(tokenizer, rows, data.max_prompt_length, stats, system)
     stats.report(log, f"{', '.join(paths)}: {stats.summary()}", len(prompts), "prompts")
     return prompts
 
@@ -161,9 +163,10 @@ def reinforce_pp_step(cfg, batch, policy, ref, optimizer, loss: PolicyLoss, pass
 
 def run_evals(engine, sets: dict[str, list[Prompt]], cfg: RLVRConfig, log) -> dict[str, float]:
     out = {}
+    tools = MultiTurnSettings.from_config(cfg.rollout) if cfg.eval.tools else None
     for name, prompts in sets.items():
         res = evaluate_prompts(engine, prompts, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                               cfg.rollout.stop)
+                               cfg.rollout.stop, tools)
         out |= {f"eval/{name}/{k}": v for k, v in res.items()}
         log(f"[eval] {name}: accuracy {res['accuracy']:.3f} over {len(prompts)} prompts")
     return out
@@ -348,7 +351,9 @@ def async_worker(cfg: RLVRConfig, gen_engine: Engine, produce, start_step: int, 
 
 def load_all_prompts(cfg: RLVRConfig, tokenizer, info: DistInfo, log):
     """-> (training prompts, held-out sets evaluated during training, sets evaluated at the end)."""
-    prompts = load_prompts(cfg.data.paths, cfg.data, tokenizer, log, cfg.data.limit)
+    tools = MultiTurnSettings.from_config(cfg.rollout)
+    system = tools.system_prompt() if tools is not None and cfg.rollout.tool_prompt else None
+    prompts = load_prompts(cfg.data.paths, cfg.data, tokenizer, log, cfg.data.limit, system)
     P = cfg.rollout.prompts_per_step
     if len(prompts) < P:
         raise ValueError(f"{len(prompts)} prompts but rollout.prompts_per_step={P}")
@@ -358,7 +363,9 @@ def load_all_prompts(cfg: RLVRConfig, tokenizer, info: DistInfo, log):
     if info.distributed and uses_dynamic_sampling(cfg.algorithm, cfg.rollout.dynamic_sampling):
         raise ValueError("rollout.dynamic_sampling (algorithm=dapo) decides refills over the whole batch: "
                          "run it in one process")
-    eval_sets, final_sets = ({Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit) for p in paths}
+    eval_system = system if cfg.eval.tools else None
+    eval_sets, final_sets = ({Path(p).stem: load_prompts([p], cfg.data, tokenizer, log, cfg.eval.limit, eval_system)
+                              for p in paths}
                              for paths in (cfg.eval.paths, cfg.eval.final_paths))
     return prompts, eval_sets, final_sets
 

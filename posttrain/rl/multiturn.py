@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from posttrain.generation import Completion, SamplingParams
-from posttrain.rl.env import TOOL_CALL_END, EnvStep, ToolEnv
+from posttrain.rl.env import TOOL_CALL_END, EnvStep, ToolEnv, tool_instructions
 from posttrain.rl.tools import build_tools
 
 _TURN_KEY_OFFSET = 1 << 40  # prompt keys of later turns, away from the first turn's positions
@@ -46,12 +46,19 @@ class MultiTurnSettings:
     def make_env(self) -> ToolEnv:
         return ToolEnv(build_tools(self.tools, self.tool_timeout_s))
 
+    def system_prompt(self) -> str:
+        return tool_instructions(build_tools(self.tools, self.tool_timeout_s))
+
     @staticmethod
     def stats(trajectories: list["Trajectory"]) -> dict[str, float]:
         n = max(len(trajectories), 1)
         tokens = sum(len(t.token_ids) for t in trajectories)
-        return {"tool/calls": sum(t.calls for t in trajectories) / n,
+        calls = sum(t.calls for t in trajectories)
+        return {"tool/calls": calls / n,
                 "tool/errors": sum(t.errors for t in trajectories) / n,
+                # the share of calls that parsed and ran; 0 without any call
+                "tool/valid": (calls - sum(t.errors for t in trajectories)) / calls if calls else 0.0,
+                "tool/used": sum(t.calls > 0 for t in trajectories) / n,
                 "turns/mean": sum(t.turns for t in trajectories) / n,
                 "tool/token_frac": sum(len(t.loss_mask) - sum(t.loss_mask) for t in trajectories) / max(tokens, 1)}
 

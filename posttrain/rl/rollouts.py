@@ -35,11 +35,15 @@ class Prompt:
 
 
 def encode_prompts(tokenizer, rows: Sequence[RLVRRow], max_prompt_length: int,
-                   stats: LoadStats | None = None) -> list[Prompt]:
-    """Render each prompt with the chat template (+ generation prompt); drop and count long ones."""
+                   stats: LoadStats | None = None, system: str | None = None) -> list[Prompt]:
+    """Render each prompt with the chat template (+ generation prompt); drop and count long ones.
+    `system`: a system turn put first in prompts that have none (the tools' description)."""
     out = []
     for row in rows:
-        text = tokenizer.apply_chat_template(row.messages, add_generation_prompt=True, tokenize=False)
+        messages = row.messages
+        if system and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_length:
             if stats is not None:
